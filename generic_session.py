@@ -1,0 +1,1415 @@
+"""Framework-agnostic web sessions with signed cookies and pluggable per-key stores.
+
+A Python port of Node's ``generic-session``, in one file with no dependency beyond
+the standard library (``MemoryStore`` needs ``cachetools``, imported when it is
+created).  A session is a random token in a cookie; its data lives in a store,
+one key at a time, so concurrent requests of one session never overwrite each
+other's writes.
+
+Used directly, as in Node, a session is made for one request and sends its
+cookie at once:
+
+>>> store = MemoryStore()
+>>> headers = []                                  # where Set-Cookie goes
+>>> session = GenericSession({}, headers, store, keys=['a secret key'])
+>>> session.set('foo', 'bar')
+>>> session.get('foo')
+'bar'
+>>> [name for name, _ in headers]
+['Set-Cookie', 'Set-Cookie']
+>>> headers[0][1].startswith('s=') and headers[1][1].startswith('s.sig=')
+True
+
+In a WSGI app, ``filter(store, keys=...)(app)`` gives every request a session in
+``environ['generic_session']`` (and ``bottle.request.session`` under Bottle).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import html
+import json
+import math
+import os
+import re
+import secrets
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+
+__all__ = [
+    "TWO_WEEKS",
+    "Cookies",
+    "GenericSession",
+    "Keygrip",
+    "MemoryStore",
+    "RedisStore",
+    "SQLiteStore",
+    "SessionError",
+    "Store",
+    "StoreError",
+    "check_store",
+    "decode_json",
+    "encode_json",
+    "filter",
+    "middleware",
+]
+
+__version__ = "0.1.0"
+
+#: Two weeks in seconds: the default cookie and store expiry, as in Node.
+TWO_WEEKS = 14 * 24 * 60 * 60
+
+#: A session id as the store sees it: ``id_prefix + token``.
+SessionId: TypeAlias = str
+#: A WSGI environ.
+Environ: TypeAlias = dict[str, Any]
+#: ``callback(error, result)``, for code ported from Node.
+Callback: TypeAlias = Callable[[BaseException | None, Any], object]
+#: A WSGI application.
+WSGIApp: TypeAlias = Callable[[Environ, Callable[..., Any]], Iterable[bytes]]
+
+
+class SessionError(Exception):
+    """Base class of the errors this module raises at run time."""
+
+
+class StoreError(SessionError):
+    """Raised when a store cannot do an operation: its server is down, its file is locked.
+
+    The message names the store and its address; the cause is chained.  Nothing
+    was half-written: the operation either happened whole or not at all.
+    """
+
+
+# ============================================================================
+# Signing (Keygrip)
+# ============================================================================
+#
+# A signed cookie is a pair: ``s=<token>`` and ``s.sig=<signature>``, where the
+# signature is an HMAC of the string ``s=<token>``, base64url without padding.
+# This is exactly what Node's ``keygrip`` and ``cookies`` packages do, so a
+# cookie signed by a Node server verifies here and the other way round.
+
+_HASHES = ("sha1", "sha256", "sha384", "sha512")
+
+
+def _b64url(digest: bytes) -> str:
+    """Base64url without padding, as keygrip turns ``+/=`` into ``-_`` and nothing."""
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _as_bytes(text: str | bytes) -> bytes:
+    return text.encode("utf-8") if isinstance(text, str) else text
+
+
+class Keygrip:
+    """Sign with the newest key, verify against all of them: key rotation for cookies.
+
+    :param keys: secret keys, newest first (``str`` is UTF-8 encoded, as in Node).
+    :param algorithm: one of ``sha1`` (Node's default), ``sha256``, ``sha384``, ``sha512``.
+    :raises ValueError: for an empty list, an empty key, a key that is not str or
+        bytes, or an unknown algorithm.
+    """
+
+    __slots__ = ("_keys", "algorithm")
+
+    def __init__(self, keys: Sequence[str | bytes], algorithm: str = "sha1") -> None:
+        if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
+            raise ValueError(
+                f"keys must be a list of secret strings, newest first, got {type(keys).__name__}"
+            )
+        if not keys:
+            raise ValueError("keys must hold at least one secret key, got an empty list")
+        for index, key in enumerate(keys):
+            if not isinstance(key, str | bytes):
+                raise ValueError(f"keys[{index}] must be str or bytes, got {type(key).__name__}")
+            if not key:
+                raise ValueError(f"keys[{index}] is empty: a signing key must be a secret")
+        if algorithm not in _HASHES:
+            raise ValueError(f"algorithm must be one of {', '.join(_HASHES)}, got {algorithm!r}")
+        self._keys = tuple(_as_bytes(key) for key in keys)
+        self.algorithm = algorithm
+
+    def __repr__(self) -> str:
+        # Never show the keys themselves.
+        return f"Keygrip(<{len(self._keys)} keys>, algorithm={self.algorithm!r})"
+
+    def _sign_with(self, key: bytes, data: bytes) -> str:
+        return _b64url(hmac.digest(key, data, self.algorithm))
+
+    def sign(self, data: str | bytes) -> str:
+        """Return the signature of ``data`` made with the newest key, ``keys[0]``."""
+        return self._sign_with(self._keys[0], _as_bytes(data))
+
+    def index(self, data: str | bytes, digest: str) -> int:
+        """Return the index of the key that signed ``data`` as ``digest``, or -1.
+
+        Every comparison is constant-time (``hmac.compare_digest``), so the time
+        taken says nothing about how much of a forged signature was right.
+        """
+        payload = _as_bytes(data)
+        given = digest.encode("utf-8", "replace")  # any text: a cookie is untrusted
+        for position, key in enumerate(self._keys):
+            if hmac.compare_digest(self._sign_with(key, payload).encode("ascii"), given):
+                return position
+        return -1
+
+    def verify(self, data: str | bytes, digest: str) -> bool:
+        """Return True when ``digest`` is the signature of ``data`` by any of the keys."""
+        return self.index(data, digest) >= 0
+
+
+# ============================================================================
+# Cookies
+# ============================================================================
+#
+# Reading the ``Cookie`` request header and writing ``Set-Cookie`` response
+# headers, optionally signed.  Attributes are written in Node's order and case
+# (``path``, ``expires``, ``domain``, ``samesite``, ``secure``, ``httponly``) so a
+# header can be compared with the one Node's ``cookies`` package writes.
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_EPOCH_DATE = "Thu, 01 Jan 1970 00:00:00 GMT"
+# RFC 6265 cookie-name is an RFC 7230 token; a value may not hold controls, space, '"', ',', ';'
+# or '\'.  Node's ``cookies`` package is laxer about values; a session token never needs it.
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
+_SAMESITE = {"lax": "lax", "strict": "strict", "none": "none"}
+_last_date: tuple[int, str] = (-1, "")
+
+
+def _http_date(when: float) -> str:
+    """Format epoch seconds as an RFC 1123 date, ``Tue, 01 Jan 2030 00:00:00 GMT``.
+
+    Every response of one second shares the same expiry, so the last result is
+    kept: the hot path formats a date once a second, not once a request.
+    """
+    global _last_date
+    second = int(when)
+    cached = _last_date
+    if cached[0] == second:
+        return cached[1]
+    t = time.gmtime(second)
+    text = (
+        f"{_WEEKDAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )
+    _last_date = (second, text)  # one tuple, swapped whole: safe across threads
+    return text
+
+
+def _parse_cookie_header(header: str) -> dict[str, str]:
+    """Parse a ``Cookie`` header into ``{name: value}``; the first of a repeated name wins.
+
+    Browsers send the most specific cookie first, and Node's ``cookies`` takes the
+    first match, so we do too.  Malformed pairs are skipped, never an error.
+    """
+    jar: dict[str, str] = {}
+    for pair in header.split(";"):
+        name, sep, value = pair.partition("=")
+        if not sep:
+            continue
+        name = name.strip()
+        if name and name not in jar:
+            value = value.strip()
+            if len(value) > 1 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            jar[name] = value
+    return jar
+
+
+def _environ_of(request: Any) -> Environ:
+    """Return the WSGI environ of ``request``: the dict itself or its ``.environ``."""
+    if isinstance(request, dict):
+        return request
+    environ = getattr(request, "environ", None)
+    if isinstance(environ, dict):
+        return environ
+    raise TypeError(
+        "request must be a WSGI environ dict or an object with an .environ dict "
+        f"(Bottle, WebOb, Werkzeug), got {type(request).__name__}"
+    )
+
+
+def _header_sink(response: Any) -> Callable[[str], None]:
+    """Return a function that adds one ``Set-Cookie`` header to ``response``."""
+    if isinstance(response, list):
+        append = response.append
+        return lambda value: append(("Set-Cookie", value))
+    add_header = getattr(response, "add_header", None)  # Bottle
+    if callable(add_header):
+        return lambda value: add_header("Set-Cookie", value)
+    add = getattr(getattr(response, "headers", None), "add", None)  # WebOb, Werkzeug
+    if callable(add):
+        return lambda value: add("Set-Cookie", value)
+    raise TypeError(
+        "response must be a list of WSGI header tuples, an object with add_header(name, value) "
+        "(Bottle) or with .headers.add(name, value) (WebOb, Werkzeug), "
+        f"got {type(response).__name__}"
+    )
+
+
+def _expires_seconds(expires: float | datetime) -> float:
+    if isinstance(expires, datetime):
+        if expires.tzinfo is None:  # naive datetimes are taken as UTC, as HTTP dates are
+            expires = expires.replace(tzinfo=UTC)
+        return expires.timestamp()
+    return float(expires)
+
+
+class Cookies:
+    """Read the request's cookies and write ``Set-Cookie`` headers, signed when keys are given.
+
+    :param request: a WSGI environ, or an object with ``.environ`` (Bottle, WebOb, Werkzeug).
+    :param response: where ``Set-Cookie`` headers go: a list of header tuples, an
+        object with ``add_header(name, value)``, or one whose ``.headers`` has ``add``.
+    :param keys: a list of secret keys or a :class:`Keygrip`; with keys, ``get`` and
+        ``set`` sign by default, as in Node.
+    """
+
+    __slots__ = ("_emit", "_environ", "_jar", "_verified", "keys")
+
+    def __init__(
+        self, request: Any, response: Any, keys: Keygrip | Sequence[str | bytes] | None = None
+    ) -> None:
+        self._environ = _environ_of(request)
+        self._emit = _header_sink(response)
+        self.keys = keys if keys is None or isinstance(keys, Keygrip) else Keygrip(keys)
+        self._jar: dict[str, str] | None = None
+        # The last ``name=value`` verified with keys[0], and its signature: re-sending
+        # that cookie needs no second HMAC.
+        self._verified: tuple[str, str] = ("", "")
+
+    def __repr__(self) -> str:
+        names = sorted(self._cookies())
+        return f"Cookies(names={names!r}, signed={self.keys is not None})"
+
+    def _cookies(self) -> dict[str, str]:
+        if self._jar is None:
+            self._jar = _parse_cookie_header(self._environ.get("HTTP_COOKIE", ""))
+        return self._jar
+
+    @property
+    def is_https(self) -> bool:
+        """True when the request came over HTTPS (``wsgi.url_scheme``)."""
+        return self._environ.get("wsgi.url_scheme") == "https"
+
+    def get(self, name: str, signed: bool | None = None) -> str | None:
+        """Return the value of cookie ``name``, or None when absent or badly signed.
+
+        With ``signed`` (the default when keys were given) the value counts only
+        if ``name.sig`` holds its signature by one of the keys.  A bad signature
+        clears the ``.sig`` cookie; one made with an older key is re-signed with
+        the newest, as Node's ``cookies`` does.
+        """
+        value = self._cookies().get(name)
+        if signed is None:
+            signed = self.keys is not None
+        if value is None or not signed:
+            return value
+        keys = self.keys
+        if keys is None:
+            raise ValueError(f"cannot read cookie {name!r} signed: Cookies was made without keys")
+        signature = self._cookies().get(name + ".sig")
+        if signature is None:
+            return None
+        data = f"{name}={value}"
+        index = keys.index(data, signature)
+        if index < 0:
+            self.set(name + ".sig", None, signed=False)
+            return None
+        if index == 0:
+            self._verified = (data, signature)
+        else:
+            self.set(name + ".sig", keys.sign(data), signed=False)
+        return value
+
+    def set(
+        self,
+        name: str,
+        value: str | None,
+        *,
+        expires: float | datetime | None = None,
+        path: str = "/",
+        domain: str | None = None,
+        samesite: str | None = None,
+        secure: bool = False,
+        httponly: bool = True,
+        signed: bool | None = None,
+    ) -> None:
+        """Send cookie ``name`` (and ``name.sig`` when signed); ``value=None`` clears it.
+
+        :param expires: epoch seconds or a datetime (naive means UTC); None for a
+            cookie that lasts as long as the browser session.
+        :raises ValueError: for a name or value that is not allowed in a cookie.
+        """
+        if not _COOKIE_NAME.fullmatch(name):
+            raise ValueError(f"cookie name {name!r} is not an RFC 6265 token")
+        date: str | None
+        if value is None:
+            value, date = "", _EPOCH_DATE
+        else:
+            if not _COOKIE_VALUE.fullmatch(value):
+                raise ValueError(f"value of cookie {name!r} has characters not allowed in a cookie")
+            date = None if expires is None else _http_date(_expires_seconds(expires))
+        header = f"{name}={value}; path={path}"
+        if date is not None:
+            header += f"; expires={date}"
+        if domain is not None:
+            header += f"; domain={domain}"
+        if samesite is not None:
+            if samesite.lower() not in _SAMESITE:
+                raise ValueError(
+                    f"samesite must be 'Lax', 'Strict', 'None' or None, got {samesite!r}")
+            header += f"; samesite={_SAMESITE[samesite.lower()]}"
+        if secure:
+            header += "; secure"
+        if httponly:
+            header += "; httponly"
+        self._emit(header)
+        if signed is None:
+            signed = self.keys is not None
+        if not signed:
+            return
+        if self.keys is None:
+            raise ValueError(f"cannot sign cookie {name!r}: Cookies was made without keys")
+        data = f"{name}={value}"
+        signature: str | None
+        if date == _EPOCH_DATE:
+            signature = None  # clearing the cookie clears its signature too
+        elif self._verified[0] == data:
+            signature = self._verified[1]  # verified with keys[0] just now: same HMAC
+        else:
+            signature = self.keys.sign(data)
+        self.set(name + ".sig", signature, expires=expires, path=path, domain=domain,
+                 samesite=samesite, secure=secure, httponly=httponly, signed=False)
+
+
+# ============================================================================
+# Stores (Store API, MemoryStore, SQLiteStore, RedisStore, check_store)
+# ============================================================================
+#
+# A store keeps each session's data as a map of key -> JSON value.  Every
+# operation touches one key of one session and is atomic on its own, so two
+# requests of one session writing different keys never lose each other's write.
+# ``expire`` is in seconds; every operation but ``delete_all`` sets the session
+# to expire ``expire`` seconds from now.  A session nobody has written is not
+# created by reading it.
+
+
+@runtime_checkable
+class Store(Protocol):
+    """The Store API: six methods that return values and raise :class:`StoreError`."""
+
+    def get(self, id: SessionId, key: str, expire: float) -> Any:
+        """Return the value of ``key`` (a fresh copy), or None; renew the expiry."""
+
+    def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
+        """Return all of the session's data as a new dict ({} if none); renew the expiry."""
+
+    def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
+        """Store ``value`` under ``key``; raise TypeError (via :func:`encode_json`) for non-JSON."""
+
+    def delete(self, id: SessionId, key: str, expire: float) -> None:
+        """Remove ``key`` (no error if absent); renew the expiry."""
+
+    def delete_all(self, id: SessionId) -> None:
+        """Remove the whole session."""
+
+    def extend(self, id: SessionId, expire: float) -> None:
+        """Renew the expiry of an existing session; create nothing."""
+
+
+def encode_json(key: str, value: Any) -> str:
+    """Return ``value`` as compact JSON text, or raise TypeError naming ``key``.
+
+    Stores call this in ``set`` so that every store refuses the same values:
+    anything but dict, list, str, int, finite float, bool and None.  (Tuples
+    become lists and non-str dict keys become strings, as ``json`` does.)
+    """
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"session value for key {key!r} is not JSON-serialisable ({type(value).__name__}: "
+            f"{error}); allowed: dict, list, str, int, finite float, bool, None"
+        ) from None
+
+
+def decode_json(text: str | bytes) -> Any:
+    """Return the value stored as JSON ``text`` (a fresh object on every call)."""
+    return json.loads(text)
+
+
+def _check_expire(expire: float, name: str = "expire") -> float:
+    if isinstance(expire, bool) or not isinstance(expire, int | float):
+        raise ValueError(f"{name} must be a number of seconds > 0, got {type(expire).__name__}")
+    if not (expire > 0 and math.isfinite(expire)):
+        raise ValueError(f"{name} must be a number of seconds > 0, got {expire!r}")
+    return expire
+
+
+def _html_table(title: str, rows: Iterable[tuple[str, Any]]) -> str:
+    """A small HTML table for Jupyter's rich display, every cell escaped."""
+    body = "".join(
+        f"<tr><th style='text-align:left'>{html.escape(name)}</th>"
+        f"<td style='text-align:left'><code>{html.escape(str(value))}</code></td></tr>"
+        for name, value in rows
+    )
+    caption = f"<caption style='text-align:left'><b>{html.escape(title)}</b></caption>"
+    return f"<table>{caption}{body}</table>"
+
+
+class _MemoryEntry:
+    """One session in a MemoryStore: JSON text per key, its expiry and its size."""
+
+    __slots__ = ("data", "expires_at", "size")
+
+    def __init__(self, size: int) -> None:
+        self.data: dict[str, str] = {}
+        self.expires_at = 0.0
+        self.size = size
+
+    @staticmethod
+    def size_of(entry: _MemoryEntry) -> int:
+        return entry.size
+
+
+class MemoryStore:
+    """An in-process LRU store: thread-safe, size-bounded, lost when the process exits.
+
+    Each session's values are kept as JSON text, so ``get`` returns a fresh copy
+    and ``max_size`` counts characters of stored JSON (keys and session ids
+    included).  Past ``max_size`` the least recently used sessions are evicted.
+    Unlike Node's, this store honours ``expire`` (capped at ``max_age``), so it
+    passes :func:`check_store` like every other store.
+
+    :param max_size: characters of stored JSON across all sessions (64 MiB).
+    :param max_age: the longest a session lives unused, in seconds (two weeks).
+    :param clock: seconds as a float; inject a fake one to test expiry without sleeping.
+    """
+
+    def __init__(
+        self,
+        max_size: int = 64 * 1024 * 1024,
+        max_age: float = TWO_WEEKS,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0:
+            raise ValueError(f"max_size must be a number of characters > 0, got {max_size!r}")
+        self.max_size = max_size
+        self.max_age = _check_expire(max_age, "max_age")
+        self._clock = clock
+        from cachetools import LRUCache  # the one third-party import, only for this store
+
+        self._cache: Any = LRUCache(maxsize=max_size, getsizeof=_MemoryEntry.size_of)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"MemoryStore(sessions={len(self._cache)}, size={self._cache.currsize}, "
+            f"max_size={self.max_size}, max_age={self.max_age})"
+        )
+
+    def _repr_html_(self) -> str:
+        return _html_table("MemoryStore", [
+            ("sessions", len(self._cache)), ("size", self._cache.currsize),
+            ("max_size", self.max_size), ("max_age", self.max_age),
+        ])
+
+    def _live(self, id: SessionId, now: float) -> _MemoryEntry | None:
+        """The session's entry if it exists and has not expired (call with the lock held)."""
+        entry: _MemoryEntry | None = self._cache.get(id)  # marks it recently used
+        if entry is not None and entry.expires_at <= now:
+            del self._cache[id]
+            return None
+        return entry
+
+    def _renew(self, entry: _MemoryEntry, now: float, expire: float) -> None:
+        entry.expires_at = now + min(expire, self.max_age)
+
+    def get(self, id: SessionId, key: str, expire: float) -> Any:
+        """Return a copy of the value of ``key``, or None."""
+        now = self._clock()
+        with self._lock:
+            entry = self._live(id, now)
+            if entry is None:
+                return None
+            self._renew(entry, now, expire)
+            text = entry.data.get(key)
+        return None if text is None else json.loads(text)
+
+    def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
+        """Return a copy of all the session's data."""
+        now = self._clock()
+        with self._lock:
+            entry = self._live(id, now)
+            if entry is None:
+                return {}
+            self._renew(entry, now, expire)
+            items = list(entry.data.items())
+        return {key: json.loads(text) for key, text in items}
+
+    def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
+        """Store ``value`` under ``key``; evict least recently used sessions if full."""
+        text = encode_json(key, value)
+        now = self._clock()
+        with self._lock:
+            entry = self._live(id, now) or _MemoryEntry(len(id))
+            old = entry.data.get(key)
+            size = entry.size + len(key) + len(text)
+            if old is not None:
+                size -= len(key) + len(old)
+            if size > self.max_size:
+                raise StoreError(
+                    f"MemoryStore: session data would be {size} characters with key {key!r}, "
+                    f"over max_size={self.max_size}; nothing was stored"
+                )
+            entry.data[key] = text
+            entry.size = size
+            self._renew(entry, now, expire)
+            # Setting it again records the new size, and evicts other sessions if needed.
+            self._cache[id] = entry
+
+    def delete(self, id: SessionId, key: str, expire: float) -> None:
+        """Remove ``key`` from the session."""
+        now = self._clock()
+        with self._lock:
+            entry = self._live(id, now)
+            if entry is None:
+                return
+            self._renew(entry, now, expire)
+            old = entry.data.pop(key, None)
+            if old is None:
+                return
+            if not entry.data:  # an empty session is no session, as in Redis
+                del self._cache[id]
+                return
+            entry.size -= len(key) + len(old)
+            self._cache[id] = entry
+
+    def delete_all(self, id: SessionId) -> None:
+        """Remove the whole session."""
+        with self._lock:
+            self._cache.pop(id, None)
+
+    def extend(self, id: SessionId, expire: float) -> None:
+        """Renew the session's expiry, if it exists."""
+        now = self._clock()
+        with self._lock:
+            entry = self._live(id, now)
+            if entry is not None:
+                self._renew(entry, now, expire)
+
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS session_expiry (
+    id TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS session_expiry_expires_at ON session_expiry (expires_at);
+CREATE TABLE IF NOT EXISTS session_data (
+    id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (id, key)
+) WITHOUT ROWID;
+"""
+# Renew a session that is still alive; the row count says whether it was.
+_SQL_RENEW = "UPDATE session_expiry SET expires_at = ? WHERE id = ? AND expires_at > ?"
+# The same few expired sessions, picked by the expiry index, for both deletes of one sweep.
+_SQL_EXPIRED = "SELECT id FROM session_expiry WHERE expires_at <= ? ORDER BY expires_at LIMIT ?"
+
+
+class SQLiteStore:
+    """A persistent store in one SQLite file, shared by threads and processes on one machine.
+
+    One row per (session, key), so ``set`` and ``delete`` of one key are single
+    statements that never rewrite another key.  The file runs in WAL mode with a
+    busy timeout; every operation is one short transaction.  Expired sessions
+    read as empty and are swept, a few at a time, as the store is written.
+
+    :param path: the database file; created when missing.  ``':memory:'`` is
+        refused: each thread's connection would see its own empty database.
+    :param timeout: seconds to wait for another writer's lock before failing.
+    :param sweep_every: sweep once every this many writes ...
+    :param sweep_batch: ... deleting at most this many expired sessions.
+    :param clock: epoch seconds as a float (shared by processes on one file).
+    :raises StoreError: when the file cannot be opened or written.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = 5.0,
+        sweep_every: int = 100,
+        sweep_batch: int = 100,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = os.fspath(path)
+        if self.path in ("", ":memory:") or "mode=memory" in self.path:
+            raise ValueError(
+                f"SQLiteStore needs a file path, got {self.path!r}: an in-memory database is "
+                "private to one connection, and this store opens one per thread; "
+                "use MemoryStore for sessions in memory"
+            )
+        self.timeout = _check_expire(timeout, "timeout")
+        self.sweep_every = sweep_every
+        self.sweep_batch = sweep_batch
+        self._clock = clock
+        self._local = threading.local()
+        self._writes = 0
+        with self._transaction("open") as db:
+            for statement in _SQLITE_SCHEMA.split(";")[:-1]:  # not executescript: it commits
+                db.execute(statement)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r}, sessions={self._count()})"
+
+    def _repr_html_(self) -> str:
+        return _html_table("SQLiteStore", [("path", self.path), ("sessions", self._count())])
+
+    def _count(self) -> int | str:
+        try:
+            with self._transaction("count", write=False) as db:
+                row = db.execute(
+                    "SELECT count(*) FROM session_expiry WHERE expires_at > ?", (self._clock(),)
+                ).fetchone()
+            return int(row[0])
+        except StoreError:
+            return "?"
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection (a new one after a fork: connections must not cross it)."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            db.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
+            db.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe in WAL
+            local.db, local.pid = db, os.getpid()
+        connection: sqlite3.Connection = local.db
+        return connection
+
+    def _transaction(self, op: str, write: bool = True) -> _SQLiteTransaction:
+        return _SQLiteTransaction(self, op, write)
+
+    def _sweep(self, db: sqlite3.Connection, now: float) -> None:
+        """Every ``sweep_every`` writes, delete up to ``sweep_batch`` expired sessions."""
+        self._writes += 1  # a lost increment under threads only delays a sweep
+        if self._writes % self.sweep_every:
+            return
+        batch = (now, self.sweep_batch)
+        db.execute(f"DELETE FROM session_data WHERE id IN ({_SQL_EXPIRED})", batch)
+        db.execute(f"DELETE FROM session_expiry WHERE id IN ({_SQL_EXPIRED})", batch)
+
+    def get(self, id: SessionId, key: str, expire: float) -> Any:
+        """Return a copy of the value of ``key``, or None."""
+        now = self._clock()
+        with self._transaction("get") as db:
+            if not db.execute(_SQL_RENEW, (now + expire, id, now)).rowcount:
+                return None
+            row = db.execute(
+                "SELECT value FROM session_data WHERE id = ? AND key = ?", (id, key)
+            ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
+        """Return a copy of all the session's data."""
+        now = self._clock()
+        with self._transaction("get_all") as db:
+            if not db.execute(_SQL_RENEW, (now + expire, id, now)).rowcount:
+                return {}
+            rows = db.execute("SELECT key, value FROM session_data WHERE id = ?", (id,)).fetchall()
+        return {key: json.loads(value) for key, value in rows}
+
+    def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
+        """Store ``value`` under ``key``: one upsert of one row, and the expiry."""
+        text = encode_json(key, value)
+        now = self._clock()
+        with self._transaction("set") as db:
+            # An expired session that was not swept yet must not come back to life.
+            db.execute(
+                "DELETE FROM session_data WHERE id = ? AND EXISTS (SELECT 1 FROM session_expiry "
+                "WHERE id = ? AND expires_at <= ?)", (id, id, now),
+            )
+            db.execute(
+                "INSERT INTO session_expiry (id, expires_at) VALUES (?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
+                (id, now + expire),
+            )
+            db.execute(
+                "INSERT INTO session_data (id, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (id, key) DO UPDATE SET value = excluded.value",
+                (id, key, text),
+            )
+            self._sweep(db, now)
+
+    def delete(self, id: SessionId, key: str, expire: float) -> None:
+        """Remove ``key`` from the session."""
+        now = self._clock()
+        with self._transaction("delete") as db:
+            db.execute(_SQL_RENEW, (now + expire, id, now))
+            db.execute("DELETE FROM session_data WHERE id = ? AND key = ?", (id, key))
+            self._sweep(db, now)
+
+    def delete_all(self, id: SessionId) -> None:
+        """Remove the whole session."""
+        with self._transaction("delete_all") as db:
+            db.execute("DELETE FROM session_data WHERE id = ?", (id,))
+            db.execute("DELETE FROM session_expiry WHERE id = ?", (id,))
+
+    def extend(self, id: SessionId, expire: float) -> None:
+        """Renew the session's expiry, if it exists."""
+        now = self._clock()
+        with self._transaction("extend") as db:
+            db.execute(_SQL_RENEW, (now + expire, id, now))
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            del self._local.db, self._local.pid
+
+
+class _SQLiteTransaction:
+    """``with`` block: one short transaction, rolled back whole on error, as StoreError."""
+
+    __slots__ = ("_db", "_op", "_store", "_write")
+
+    def __init__(self, store: SQLiteStore, op: str, write: bool) -> None:
+        self._store, self._op, self._write = store, op, write
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self._db = self._store._connection()
+            # IMMEDIATE takes the write lock up front, so a transaction never has to
+            # be retried half-way because another process wrote first.
+            self._db.execute("BEGIN IMMEDIATE" if self._write else "BEGIN")
+        except sqlite3.Error as error:
+            raise self._error(error) from error
+        return self._db
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: object) -> None:
+        db = self._db
+        if error is None:
+            try:
+                db.execute("COMMIT")
+                return
+            except sqlite3.Error as commit_error:
+                error = commit_error
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        if isinstance(error, sqlite3.Error):
+            raise self._error(error) from error
+
+    def _error(self, error: sqlite3.Error) -> StoreError:
+        return StoreError(f"SQLiteStore at {self._store.path!r}: {self._op} failed: {error}")
+
+
+def _redis_address(client: Any) -> str:
+    """Where a redis-py client connects, for error messages: ``host:port`` or a socket path."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if isinstance(kwargs, dict):
+        if "path" in kwargs:
+            return f"unix:{kwargs['path']}"
+        return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    nodes = getattr(client, "startup_nodes", None)  # RedisCluster
+    if nodes:
+        return ",".join(f"{node.host}:{node.port}" for node in nodes)
+    return type(client).__name__
+
+
+def _text(data: str | bytes) -> str:
+    return data.decode("utf-8") if isinstance(data, bytes) else data
+
+
+class RedisStore:
+    """A store on Redis, for sessions shared by many servers; Redis' expiry cleans up.
+
+    Each session is one Redis hash (one key, so it works on a cluster), a field
+    per session key holding JSON text.  Every write and its expiry renewal go in
+    one MULTI/EXEC transaction, so they happen together or not at all.
+
+    :param client: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` the app
+        already has (set its ``socket_timeout``: a store that hangs hangs requests).
+        ``decode_responses`` may be on or off.
+    :param prefix: put before every session id to make the Redis key.
+    """
+
+    def __init__(self, client: Any, prefix: str = "") -> None:
+        if not callable(getattr(client, "pipeline", None)):
+            raise ValueError(
+                f"client must be a redis.Redis or RedisCluster client, got {type(client).__name__}"
+            )
+        if not isinstance(prefix, str):
+            raise ValueError(f"prefix must be a str, got {type(prefix).__name__}")
+        self.client = client
+        self.prefix = prefix
+        self.address = _redis_address(client)
+
+    def __repr__(self) -> str:
+        return f"RedisStore(address={self.address!r}, prefix={self.prefix!r})"
+
+    def _repr_html_(self) -> str:
+        return _html_table("RedisStore", [("address", self.address), ("prefix", self.prefix)])
+
+    def _run(self, op: str, build: Callable[[Any], object]) -> list[Any]:
+        """Send the commands ``build`` queues as one transaction; failures become StoreError."""
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            build(pipe)
+            results: list[Any] = pipe.execute()
+        except Exception as error:  # redis-py raises its own ConnectionError, TimeoutError...
+            raise StoreError(
+                f"RedisStore at {self.address}: {op} failed: {type(error).__name__}: {error}"
+            ) from error
+        return results
+
+    @staticmethod
+    def _ms(expire: float) -> int:
+        return max(1, math.ceil(expire * 1000))
+
+    def get(self, id: SessionId, key: str, expire: float) -> Any:
+        """Return a copy of the value of ``key``, or None (HGET + PEXPIRE)."""
+        name = self.prefix + id
+        value = self._run("get", lambda p: p.hget(name, key).pexpire(name, self._ms(expire)))[0]
+        return None if value is None else json.loads(value)
+
+    def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
+        """Return a copy of all the session's data (HGETALL + PEXPIRE)."""
+        name = self.prefix + id
+        fields = self._run(
+            "get_all", lambda p: p.hgetall(name).pexpire(name, self._ms(expire))
+        )[0]
+        return {_text(field): json.loads(value) for field, value in fields.items()}
+
+    def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
+        """Store ``value`` under ``key`` (HSET + PEXPIRE)."""
+        text = encode_json(key, value)
+        name = self.prefix + id
+        self._run("set", lambda p: p.hset(name, key, text).pexpire(name, self._ms(expire)))
+
+    def delete(self, id: SessionId, key: str, expire: float) -> None:
+        """Remove ``key`` from the session (HDEL + PEXPIRE)."""
+        name = self.prefix + id
+        self._run("delete", lambda p: p.hdel(name, key).pexpire(name, self._ms(expire)))
+
+    def delete_all(self, id: SessionId) -> None:
+        """Remove the whole session (DEL)."""
+        name = self.prefix + id
+        self._run("delete_all", lambda p: p.delete(name))
+
+    def extend(self, id: SessionId, expire: float) -> None:
+        """Renew the session's expiry (PEXPIRE: a no-op for a session that does not exist)."""
+        name = self.prefix + id
+        self._run("extend", lambda p: p.pexpire(name, self._ms(expire)))
+
+
+# -- The contract every store passes ------------------------------------------
+
+_JSON_SAMPLES: tuple[Any, ...] = (
+    None, True, False, 0, -7, 2**53, 1.5, -0.25, "", "text", "ünïcødé ✓ \"quoted\"\n",
+    [], {}, [1, "2", 3.5, None, True], {"a": [1, {"b": None}], "c": "d"},
+)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values: 1 and True and 1.0 are three different values."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(_same_json, a, b))
+    return bool(a == b)
+
+
+def _expect(ok: bool, name: str, operation: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise AssertionError(f"{name}.{operation}: expected {expected}, got {got!r}")
+
+
+def check_store(store: Any, *, expire: float = 0.5, writes: int = 100) -> None:
+    """Check that ``store`` keeps the Store API's contract; raise AssertionError if not.
+
+    Covers missing keys and unknown sessions, JSON round trips of every JSON
+    type, ``get`` returning copies, non-JSON values refused, ``delete``,
+    ``delete_all``, ``extend``, expiry after ``expire`` seconds (it sleeps about
+    that long once), isolation between sessions, and two concurrent writers on
+    different keys of one session both surviving.  It uses fresh random session
+    ids and deletes them at the end.
+
+    :param expire: the short expiry to test with, in seconds; raise it for a store
+        whose expiry is coarser.
+    :param writes: how many keys each of the two concurrent writers sets.
+    """
+    name = type(store).__name__
+    run = secrets.token_hex(6)
+    ids = [f"check_store:{run}:{n}" for n in range(6)]
+    a, b, short, renewed, extended, concurrent = ids
+    long = 3600.0
+    try:
+        # Unknown sessions read as empty, and reading or extending creates nothing.
+        _expect(store.get(a, "k", long) is None, name, "get(unknown session, 'k')", "None",
+                store.get(a, "k", long))
+        _expect(store.get_all(a, long) == {}, name, "get_all(unknown session)", "{}",
+                store.get_all(a, long))
+        store.extend(a, long)
+        store.delete(a, "k", long)
+        _expect(store.get_all(a, long) == {}, name, "get_all after extend/delete of an unknown "
+                "session", "{} (nothing created)", store.get_all(a, long))
+
+        # Every JSON type round-trips exactly.
+        for index, sample in enumerate(_JSON_SAMPLES):
+            store.set(a, f"v{index}", sample, long)
+            got = store.get(a, f"v{index}", long)
+            _expect(_same_json(got, sample), name, f"get after set(key, {sample!r})",
+                    f"{sample!r} ({type(sample).__name__})", got)
+        everything = {f"v{index}": sample for index, sample in enumerate(_JSON_SAMPLES)}
+        got_all = store.get_all(a, long)
+        _expect(_same_json(got_all, everything), name, "get_all", repr(everything), got_all)
+        _expect(store.get(a, "missing", long) is None, name, "get(missing key)", "None",
+                store.get(a, "missing", long))
+
+        # get and get_all return copies: changing them changes nothing stored.
+        value = store.get(a, "v14", long)
+        value["a"].append("mutated")
+        value["new"] = 1
+        got_all = store.get_all(a, long)
+        got_all["v13"].append("mutated")
+        got_all["v0"] = "mutated"
+        _expect(_same_json(store.get(a, "v14", long), _JSON_SAMPLES[14]), name,
+                "get after mutating an earlier result", "the stored value unchanged (a copy)",
+                store.get(a, "v14", long))
+        _expect(_same_json(store.get_all(a, long), everything), name,
+                "get_all after mutating an earlier result", "the stored data unchanged",
+                store.get_all(a, long))
+
+        # Overwrite, and refusal of values that are not JSON (nothing stored).
+        store.set(a, "v9", "overwritten", long)
+        _expect(store.get(a, "v9", long) == "overwritten", name, "get after overwriting set",
+                "'overwritten'", store.get(a, "v9", long))
+        for bad in (object(), {1, 2}, float("nan"), b"bytes"):
+            try:
+                store.set(a, "bad", bad, long)
+            except TypeError:
+                pass
+            else:
+                raise AssertionError(f"{name}.set(key, {bad!r}): expected TypeError for a "
+                                     "value that is not JSON, nothing raised")
+            _expect(store.get(a, "bad", long) is None, name, f"get after a refused set of "
+                    f"{type(bad).__name__}", "None (nothing stored)", store.get(a, "bad", long))
+
+        # Isolation between sessions.
+        store.set(b, "v9", "other session", long)
+        _expect(store.get(a, "v9", long) == "overwritten", name, "get in one session after a set "
+                "of the same key in another", "'overwritten'", store.get(a, "v9", long))
+
+        # delete removes one key; delete_all the whole session and nothing else.
+        store.delete(a, "v9", long)
+        store.delete(a, "never-set", long)
+        _expect(store.get(a, "v9", long) is None, name, "get after delete", "None",
+                store.get(a, "v9", long))
+        _expect(store.get(a, "v10", long) == _JSON_SAMPLES[10], name, "get of another key "
+                "after delete", repr(_JSON_SAMPLES[10]), store.get(a, "v10", long))
+        store.delete_all(a)
+        _expect(store.get_all(a, long) == {}, name, "get_all after delete_all", "{}",
+                store.get_all(a, long))
+        _expect(store.get(b, "v9", long) == "other session", name, "get in another session "
+                "after delete_all", "'other session'", store.get(b, "v9", long))
+
+        # Expiry: set with a short expire ends the session; every operation renews it.
+        store.set(short, "k", 1, expire)
+        store.set(renewed, "k", 1, long)
+        store.get(renewed, "k", expire)  # renewing to a short expiry: it ends too
+        store.set(extended, "k", 1, expire)
+        store.extend(extended, long)  # renewing to a long expiry: it lives on
+        time.sleep(expire * 1.5 + 0.05)
+        _expect(store.get_all(short, long) == {}, name, f"get_all {expire * 1.5 + 0.05:.2f}s "
+                f"after set(..., expire={expire})", "{} (expired)", store.get_all(short, long))
+        _expect(store.get(renewed, "k", long) is None, name, f"get after get(..., expire="
+                f"{expire}) renewed the expiry", "None (expired)", store.get(renewed, "k", long))
+        _expect(store.get(extended, "k", long) == 1, name, "get after extend(..., long) renewed "
+                f"a set(..., expire={expire})", "1 (still alive)", store.get(extended, "k", long))
+        store.set(short, "fresh", 2, long)
+        _expect(store.get_all(short, long) == {"fresh": 2}, name, "get_all after set on an "
+                "expired session", "{'fresh': 2} (no old data back)", store.get_all(short, long))
+
+        # Two concurrent writers on different keys of one session both survive.
+        _check_concurrent_writers(store, name, concurrent, writes, long)
+    finally:
+        for id in ids:
+            store.delete_all(id)
+
+
+def _check_concurrent_writers(store: Any, name: str, id: SessionId, writes: int,
+                              expire: float) -> None:
+    """Two threads set their own keys of one session at once; every key must be there."""
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def writer(label: str) -> None:
+        try:
+            start.wait()
+            for n in range(writes):
+                store.set(id, f"{label}{n}", n, expire)
+        except BaseException as error:  # reported below, in the calling thread
+            errors.append(error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so a read-modify-write race shows
+    try:
+        threads = [threading.Thread(target=writer, args=(label,)) for label in "xy"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    if errors:
+        raise AssertionError(f"{name}.set from two threads raised {errors[0]!r}") from errors[0]
+    data = store.get_all(id, expire)
+    lost = [f"{label}{n}" for label in "xy" for n in range(writes) if f"{label}{n}" not in data]
+    _expect(not lost, name, f"get_all after two concurrent writers set {writes} keys each",
+            f"all {2 * writes} keys", f"{len(lost)} lost, e.g. {lost[:3]}")
+
+
+# ============================================================================
+# Sessions
+# ============================================================================
+#
+# A session is a token in a cookie and the data a store keeps under
+# ``id_prefix + token``.  Options are checked once (``_Config``); a filter
+# shares one ``_Config`` among all its requests.
+
+# 30 random bytes in base64: ours are URL-safe, Node's use '+' and '/'; both pass.
+_TOKEN = re.compile(r"[A-Za-z0-9+/_-]{40}")
+_TOKEN_BYTES = 30
+_CONTROL_OR_SEPARATOR = re.compile(r"[\x00-\x20\x7f;=,\"\\]")
+
+
+class _Config:
+    """The options of a session, checked once; shared by every request of a filter."""
+
+    __slots__ = ("clock", "cookie_name", "domain", "expire", "id_prefix", "keygrip",
+                 "samesite", "secure")
+
+    def __init__(
+        self,
+        *,
+        keys: Keygrip | Sequence[str | bytes] | None = None,
+        expire: float = TWO_WEEKS,
+        cookie_name: str = "s",
+        id_prefix: str = "session:",
+        secure: bool | None = None,
+        samesite: str | None = "Lax",
+        domain: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keygrip = keys if keys is None or isinstance(keys, Keygrip) else Keygrip(keys)
+        self.expire = _check_expire(expire)
+        if not isinstance(cookie_name, str) or not cookie_name:
+            raise ValueError(f"cookie_name must be a non-empty str, got {cookie_name!r}")
+        if not _COOKIE_NAME.fullmatch(cookie_name):
+            raise ValueError(
+                f"cookie_name {cookie_name!r} is not allowed: use letters, digits and "
+                "!#$%&'*+-.^_`|~ (no spaces, ';', '=', ',', quotes or control characters)"
+            )
+        if not isinstance(id_prefix, str):
+            raise ValueError(f"id_prefix must be a str ('' for the bare token), got {id_prefix!r}")
+        if samesite is not None and (not isinstance(samesite, str)
+                                     or samesite.lower() not in _SAMESITE):
+            raise ValueError(f"samesite must be 'Lax', 'Strict', 'None' or None, got {samesite!r}")
+        if secure is not None and not isinstance(secure, bool):
+            raise ValueError(f"secure must be True, False or None (automatic), got {secure!r}")
+        if domain is not None and (not isinstance(domain, str) or not domain
+                                   or _CONTROL_OR_SEPARATOR.search(domain)):
+            raise ValueError(f"domain must be a host name such as 'example.com', got {domain!r}")
+        prefixed = cookie_name.startswith(("__Host-", "__Secure-"))
+        if secure is False and (prefixed or (samesite or "").lower() == "none"):
+            why = "a __Host-/__Secure- cookie_name" if prefixed else "samesite='None'"
+            raise ValueError(f"secure=False is not allowed with {why}: browsers drop such cookies")
+        if cookie_name.startswith("__Host-") and domain is not None:
+            raise ValueError(f"domain must be None for cookie_name {cookie_name!r}: __Host- "
+                             "cookies are bound to the host that set them")
+        if not callable(clock):
+            raise ValueError(f"clock must be a function returning epoch seconds, got {clock!r}")
+        self.cookie_name = cookie_name
+        self.id_prefix = id_prefix
+        # None means: Secure when the request came over HTTPS.  Prefixed and
+        # SameSite=None cookies are always Secure.
+        self.secure = True if prefixed or (samesite or "").lower() == "none" else secure
+        self.samesite = samesite
+        self.domain = domain
+        self.clock = clock
+
+
+def _new_token() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(_TOKEN_BYTES)).decode("ascii")
+
+
+class GenericSession:
+    """The session of one request: a token in a cookie, its data in a store.
+
+    :param request: a WSGI environ, or an object with ``.environ``.
+    :param response: where ``Set-Cookie`` goes (see :class:`Cookies`).
+    :param store: any object with the Store API (:class:`Store`).
+    :param keys: secret keys (newest first) or a :class:`Keygrip`: sign the cookie.
+    :param cookies: a :class:`Cookies` to use instead of making one.
+    :param expire: seconds of inactivity before the session ends (two weeks).
+    :param cookie_name: the cookie's name (``s``; the signature goes in ``s.sig``).
+    :param id_prefix: put before the token to make the store's id (``session:``).
+    :param secure: ``None`` sets Secure when the request came over HTTPS.
+    :param samesite: ``'Lax'`` (default), ``'Strict'``, ``'None'``, or None to omit it.
+    :param domain: the cookie's Domain, or None for the host that set it.
+    :param clock: epoch seconds, for the cookie's Expires (inject one in tests).
+    :raises ValueError: for a bad option, naming it.
+
+    Made directly, the session reads or mints its token and sends the cookie at
+    once, as Node's does.  Every method renews the expiry in the store.  Each
+    method also takes a keyword-only ``callback(error, result)`` for code ported
+    from Node; with it, errors go to the callback instead of being raised.
+    """
+
+    __slots__ = ("_config", "_cookies", "_environ", "_id", "_response", "_token", "store")
+
+    def __init__(
+        self, request: Any, response: Any, store: Store, *,
+        cookies: Cookies | None = None, **options: Any,
+    ) -> None:
+        self._setup(_environ_of(request), response, store, _Config(**options), cookies)
+        self._start()
+
+    def _setup(self, environ: Environ, response: Any, store: Store, config: _Config,
+               cookies: Cookies | None = None) -> None:
+        self._environ = environ
+        self._response = response
+        self.store = store
+        self._config = config
+        self._cookies = cookies
+        self._token: str | None = None
+        self._id = ""
+
+    @classmethod
+    def _lazy(cls, environ: Environ, response: Any, store: Store,
+              config: _Config) -> GenericSession:
+        """A session that reads its cookie and sends one only when first used (the filter's)."""
+        session = cls.__new__(cls)
+        session._setup(environ, response, store, config)
+        return session
+
+    def _start(self) -> None:
+        """Read the token (or mint one) and (re)send the cookie with the sliding expiry."""
+        config = self._config
+        cookies = self.cookies
+        name = config.cookie_name
+        token = cookies.get(name, signed=config.keygrip is not None)
+        if token is None or not _TOKEN.fullmatch(token):
+            token = _new_token()
+        self._token = token
+        self._id = config.id_prefix + token
+        cookies.set(name, token, expires=config.clock() + config.expire, **self._attributes())
+
+    def _attributes(self) -> dict[str, Any]:
+        """The cookie's attributes, the same whether it is sent or cleared."""
+        config = self._config
+        secure = self.cookies.is_https if config.secure is None else config.secure
+        return {"domain": config.domain, "samesite": config.samesite, "secure": secure,
+                "httponly": True, "signed": config.keygrip is not None}
+
+    @property
+    def cookies(self) -> Cookies:
+        """The :class:`Cookies` this session reads and writes its cookie with."""
+        if self._cookies is None:
+            self._cookies = Cookies(self._environ, self._response, self._config.keygrip)
+        return self._cookies
+
+    @property
+    def token(self) -> str:
+        """The random token in the cookie (40 characters)."""
+        if self._token is None:
+            self._start()
+        return self._token  # type: ignore[return-value]  # _start set it
+
+    @property
+    def id(self) -> SessionId:
+        """The id the store knows the session by: ``id_prefix + token``."""
+        if self._token is None:
+            self._start()
+        return self._id
+
+    @property
+    def expire(self) -> float:
+        """Seconds of inactivity before the session ends."""
+        return self._config.expire
+
+    @property
+    def started(self) -> bool:
+        """True once the session has read its token and sent its cookie."""
+        return self._token is not None
+
+    def __repr__(self) -> str:
+        if self._token is None:
+            return f"GenericSession(<not started>, expire={self.expire}, store={self.store!r})"
+        short = self._config.id_prefix + self._token[:6] + "…"
+        return f"GenericSession(id={short!r}, expire={self.expire}, store={self.store!r})"
+
+    def _repr_html_(self) -> str:
+        config = self._config
+        if self._token is None:
+            return _html_table("GenericSession (not started)", [("store", repr(self.store))])
+        flags = self._attributes()
+        attributes = "; ".join(["path=/"] + [
+            f"{name}={value.lower() if name == 'samesite' else value}"
+            if isinstance(value, str) else name
+            for name, value in flags.items() if value])
+        try:
+            data: Any = self.store.get_all(self._id, config.expire)
+        except Exception as error:  # a notebook should show the failure, not raise it
+            data = f"<{type(error).__name__}: {error}>"
+        return _html_table("GenericSession", [
+            ("id", config.id_prefix + self._token[:6] + "…"),
+            ("cookie", f"{config.cookie_name}=…; {attributes}"),
+            ("expire", f"{config.expire} s (sliding)"),
+            ("store", repr(self.store)),
+            ("data", json.dumps(data, ensure_ascii=False) if isinstance(data, dict) else data),
+        ])
+
+    def _run(self, callback: Callback | None, operation: Callable[..., Any], *args: Any) -> Any:
+        """Run a store operation; with a callback, hand it ``(error, result)`` instead."""
+        if callback is None:
+            return operation(*args)
+        try:
+            result = operation(*args)
+        except Exception as error:
+            callback(error, None)
+            return None
+        callback(None, result)
+        return result
+
+    def get(self, key: str | None = None, *, callback: Callback | None = None) -> Any:
+        """Return the value stored under ``key`` (a copy), or None; no key: :meth:`get_all`."""
+        if key is None:
+            return self.get_all(callback=callback)
+        return self._run(callback, self.store.get, self.id, _check_key(key), self.expire)
+
+    def get_all(self, *, callback: Callback | None = None) -> dict[str, Any]:
+        """Return all the session's data as a new dict."""
+        result: dict[str, Any] = self._run(callback, self.store.get_all, self.id, self.expire)
+        return result
+
+    def set(self, key: str, value: Any = None, *, callback: Callback | None = None) -> None:
+        """Store ``value`` (JSON-serialisable; None by default) under ``key``.
+
+        :raises TypeError: for a value that is not JSON, naming the key; nothing is stored.
+        """
+        self._run(callback, self.store.set, self.id, _check_key(key), value, self.expire)
+
+    def delete(self, key: str | None = None, *, callback: Callback | None = None) -> None:
+        """Remove ``key``.  Beware: with no key this is :meth:`delete_all`, as in Node."""
+        if key is None:
+            self.delete_all(callback=callback)
+        else:
+            self._run(callback, self.store.delete, self.id, _check_key(key), self.expire)
+
+    def delete_all(self, *, callback: Callback | None = None) -> None:
+        """Remove all the session's data; the cookie stays."""
+        self._run(callback, self.store.delete_all, self.id)
+
+    def destroy(self, *, callback: Callback | None = None) -> None:
+        """Remove all the data and expire the cookie (and its signature) on the client."""
+        self._run(callback, self.store.delete_all, self.id)
+        self.cookies.set(self._config.cookie_name, None, **self._attributes())
+
+    def touch(self, *, callback: Callback | None = None) -> None:
+        """Renew the expiry only (what Node's ``get()`` without a callback does)."""
+        self._run(callback, self.store.extend, self.id, self.expire)
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"session key must be a str, got {type(key).__name__}: {key!r}")
+    return key
+
+
+# ============================================================================
+# WSGI and Bottle integration
+# ============================================================================
+#
+# ``filter(store, **options)(app)`` wraps a WSGI app.  Each request gets a lazy
+# session: nothing is read, sent or stored until the app uses it, so health
+# checks and crawlers mint no sessions.  Once used, its Set-Cookie headers are
+# added when the app calls ``start_response``.
+
+_UNAVAILABLE = b"503 Service Unavailable: the session store is unavailable\n"
+
+
+def _last_per_cookie(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Keep the last Set-Cookie of each cookie name (a destroy after a start, say)."""
+    last: dict[str, tuple[str, str]] = {}
+    for header in headers:
+        last[header[1].partition("=")[0]] = header
+    return list(last.values())
+
+
+def filter(store: Store, **options: Any) -> Callable[[WSGIApp], WSGIApp]:
+    """Return ``wrap(app)``: WSGI middleware giving each request a :class:`GenericSession`.
+
+    The session is ``environ['generic_session']`` and, under Bottle,
+    ``bottle.request.session``.  Options are those of :class:`GenericSession`
+    (but ``cookies``, which is per request), checked now.  A :class:`StoreError`
+    that escapes the app becomes a plain 503 response (Bottle apps: make them
+    with ``catchall=False`` so it escapes).
+
+    :raises ValueError: for a bad option, naming it.
+    """
+    if "cookies" in options:
+        raise ValueError("cookies is per request: the filter makes a Cookies for each request")
+    config = _Config(**options)
+    for method in ("get", "get_all", "set", "delete", "delete_all", "extend"):
+        if not callable(getattr(store, method, None)):
+            raise ValueError(f"store {store!r} has no {method}() method: see the Store API")
+    lazy = GenericSession._lazy
+
+    def wrap(app: WSGIApp) -> WSGIApp:
+        def session_app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+            pending: list[tuple[str, str]] = []
+            session = lazy(environ, pending, store, config)
+            environ["generic_session"] = session
+            environ["bottle.request.ext.session"] = session  # bottle.request.session
+
+            def start_with_cookies(status: str, headers: list[tuple[str, str]],
+                                   exc_info: Any = None) -> Any:
+                if pending:
+                    headers = [*headers, *_last_per_cookie(pending)]
+                return start_response(status, headers, exc_info)
+
+            try:
+                return app(environ, start_with_cookies)
+            except StoreError as error:
+                environ["wsgi.errors"].write(f"generic_session: {error}\n")
+                start_response("503 Service Unavailable",
+                               [("Content-Type", "text/plain; charset=utf-8"),
+                                ("Content-Length", str(len(_UNAVAILABLE)))], sys.exc_info())
+                return [_UNAVAILABLE]
+
+        session_app.__wrapped__ = app  # type: ignore[attr-defined]
+        return session_app
+
+    return wrap
+
+
+#: Node's other name for :func:`filter`.
+middleware = filter
