@@ -427,6 +427,10 @@ class Store(Protocol):
         """Renew the expiry of an existing session; create nothing."""
 
 
+# Made once: ``json.dumps`` with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode_json(key: str, value: Any) -> str:
     """Return ``value`` as compact JSON text, or raise TypeError naming ``key``.
 
@@ -435,7 +439,7 @@ def encode_json(key: str, value: Any) -> str:
     become lists and non-str dict keys become strings, as ``json`` does.)
     """
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as error:
         raise TypeError(
             f"session value for key {key!r} is not JSON-serialisable ({type(value).__name__}: "
@@ -1371,7 +1375,7 @@ def filter(store: Store, **options: Any) -> Callable[[WSGIApp], WSGIApp]:
     ``bottle.request.session``.  Options are those of :class:`GenericSession`
     (but ``cookies``, which is per request), checked now.  A :class:`StoreError`
     that escapes the app becomes a plain 503 response (Bottle apps: make them
-    with ``catchall=False`` so it escapes).
+    with ``app.config["catchall"] = False`` so it escapes).
 
     :raises ValueError: for a bad option, naming it.
     """
