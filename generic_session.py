@@ -1160,6 +1160,18 @@ class _Config:
         self.clock = clock
 
 
+_OPTIONS = ("keys", "expire", "cookie_name", "id_prefix", "secure", "samesite", "domain", "clock")
+
+
+def _config(options: dict[str, Any]) -> _Config:
+    """Check the options once; an unknown one is named, with the ones that exist."""
+    for name in options:
+        if name not in _OPTIONS:
+            raise TypeError(f"unknown session option {name!r}; the options are "
+                            f"{', '.join(_OPTIONS)} (and cookies, for GenericSession)")
+    return _Config(**options)
+
+
 def _new_token() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(_TOKEN_BYTES)).decode("ascii")
 
@@ -1193,7 +1205,7 @@ class GenericSession:
         self, request: Any, response: Any, store: Store, *,
         cookies: Cookies | None = None, **options: Any,
     ) -> None:
-        self._setup(_environ_of(request), response, store, _Config(**options), cookies)
+        self._setup(_environ_of(request), response, store, _config(options), cookies)
         self._start()
 
     def _setup(self, environ: Environ, response: Any, store: Store, config: _Config,
@@ -1381,7 +1393,7 @@ def filter(store: Store, **options: Any) -> Callable[[WSGIApp], WSGIApp]:
     """
     if "cookies" in options:
         raise ValueError("cookies is per request: the filter makes a Cookies for each request")
-    config = _Config(**options)
+    config = _config(options)
     for method in ("get", "get_all", "set", "delete", "delete_all", "extend"):
         if not callable(getattr(store, method, None)):
             raise ValueError(f"store {store!r} has no {method}() method: see the Store API")
@@ -1403,7 +1415,7 @@ def filter(store: Store, **options: Any) -> Callable[[WSGIApp], WSGIApp]:
             try:
                 return app(environ, start_with_cookies)
             except StoreError as error:
-                environ["wsgi.errors"].write(f"generic_session: {error}\n")
+                print(f"generic_session: {error}", file=environ.get("wsgi.errors", sys.stderr))
                 start_response("503 Service Unavailable",
                                [("Content-Type", "text/plain; charset=utf-8"),
                                 ("Content-Length", str(len(_UNAVAILABLE)))], sys.exc_info())
