@@ -27,6 +27,7 @@ In a WSGI app, ``filter(store, keys=...)(app)`` gives every request a session in
 from __future__ import annotations
 
 import base64
+import calendar
 import hmac
 import html
 import json
@@ -105,7 +106,8 @@ def _b64url(digest: bytes) -> str:
 
 
 def _as_bytes(text: str | bytes) -> bytes:
-    return text.encode("utf-8") if isinstance(text, str) else text
+    # surrogatepass: a cookie is untrusted text, and a lone surrogate must not raise.
+    return text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
 
 
 class Keygrip:
@@ -181,6 +183,8 @@ _EPOCH_DATE = "Thu, 01 Jan 1970 00:00:00 GMT"
 # or '\'.  Node's ``cookies`` package is laxer about values; a session token never needs it.
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
+# A path or domain with these would add attributes or split the header.
+_UNSAFE_ATTRIBUTE = re.compile(r"[\x00-\x1f\x7f;]")
 _SAMESITE = {"lax": "lax", "strict": "strict", "none": "none"}
 _last_date: tuple[int, str] = (-1, "")
 
@@ -260,7 +264,8 @@ def _expires_seconds(expires: float | datetime) -> float:
     if isinstance(expires, datetime):
         if expires.tzinfo is None:  # naive datetimes are taken as UTC, as HTTP dates are
             expires = expires.replace(tzinfo=UTC)
-        return expires.timestamp()
+        # Whole seconds, exactly: a float timestamp rounds .999999 up in far years.
+        return calendar.timegm(expires.utctimetuple())
     return float(expires)
 
 
@@ -274,18 +279,24 @@ class Cookies:
         ``set`` sign by default, as in Node.
     """
 
-    __slots__ = ("_emit", "_environ", "_jar", "_verified", "keys")
+    __slots__ = ("_emit", "_environ", "_jar", "_keys", "_verified")
 
     def __init__(
         self, request: Any, response: Any, keys: Keygrip | Sequence[str | bytes] | None = None
     ) -> None:
         self._environ = _environ_of(request)
         self._emit = _header_sink(response)
-        self.keys = keys if keys is None or isinstance(keys, Keygrip) else Keygrip(keys)
+        self._keys = keys if keys is None or isinstance(keys, Keygrip) else Keygrip(keys)
         self._jar: dict[str, str] | None = None
         # The last ``name=value`` verified with keys[0], and its signature: re-sending
         # that cookie needs no second HMAC.
         self._verified: tuple[str, str] = ("", "")
+
+    @property
+    def keys(self) -> Keygrip | None:
+        """The :class:`Keygrip` that signs and verifies, or None (read-only: a signature
+        verified by ``get`` is reused by ``set``)."""
+        return self._keys
 
     def __repr__(self) -> str:
         names = sorted(self._cookies())
@@ -359,6 +370,10 @@ class Cookies:
             if not _COOKIE_VALUE.fullmatch(value):
                 raise ValueError(f"value of cookie {name!r} has characters not allowed in a cookie")
             date = None if expires is None else _http_date(_expires_seconds(expires))
+        if _UNSAFE_ATTRIBUTE.search(path) or (domain is not None
+                                                and _UNSAFE_ATTRIBUTE.search(domain)):
+            raise ValueError(f"path and domain of cookie {name!r} may not hold ';' or control "
+                             f"characters, got path={path!r}, domain={domain!r}")
         header = f"{name}={value}; path={path}"
         if date is not None:
             header += f"; expires={date}"
