@@ -325,22 +325,37 @@ class Cookies:
             signed = self.keys is not None
         if value is None or not signed:
             return value
-        keys = self.keys
-        if keys is None:
-            raise ValueError(f"cannot read cookie {name!r} signed: Cookies was made without keys")
-        signature = self._cookies().get(name + ".sig")
-        if signature is None:
+        value, index = self._signed(name)
+        if index > 0:
+            self.set(name + ".sig", self._keygrip(name).sign(f"{name}={value}"), signed=False)
+        elif index < 0:
+            if name + ".sig" in self._cookies():
+                self.set(name + ".sig", None, signed=False)
             return None
+        return value
+
+    def _keygrip(self, name: str) -> Keygrip:
+        if self._keys is None:
+            raise ValueError(
+                f"cookie {name!r} cannot be signed or verified: Cookies was made without keys")
+        return self._keys
+
+    def _signed(self, name: str) -> tuple[str | None, int]:
+        """The cookie's value and the index of the key that signed it (-1: none did).
+
+        No header is sent: ``get`` repairs the ``.sig`` cookie, while a session
+        re-sends both cookies anyway.
+        """
+        keys = self._keygrip(name)
+        jar = self._cookies()
+        value, signature = jar.get(name), jar.get(name + ".sig")
+        if value is None or signature is None:
+            return value, -1
         data = f"{name}={value}"
         index = keys.index(data, signature)
-        if index < 0:
-            self.set(name + ".sig", None, signed=False)
-            return None
         if index == 0:
             self._verified = (data, signature)
-        else:
-            self.set(name + ".sig", keys.sign(data), signed=False)
-        return value
+        return value, index
 
     def set(
         self,
@@ -393,8 +408,7 @@ class Cookies:
             signed = self.keys is not None
         if not signed:
             return
-        if self.keys is None:
-            raise ValueError(f"cannot sign cookie {name!r}: Cookies was made without keys")
+        keys = self._keygrip(name)
         data = f"{name}={value}"
         signature: str | None
         if date == _EPOCH_DATE:
@@ -402,7 +416,7 @@ class Cookies:
         elif self._verified[0] == data:
             signature = self._verified[1]  # verified with keys[0] just now: same HMAC
         else:
-            signature = self.keys.sign(data)
+            signature = keys.sign(data)
         self.set(name + ".sig", signature, expires=expires, path=path, domain=domain,
                  samesite=samesite, secure=secure, httponly=httponly, signed=False)
 
@@ -1246,7 +1260,12 @@ class GenericSession:
         config = self._config
         cookies = self.cookies
         name = config.cookie_name
-        token = cookies.get(name, signed=config.keygrip is not None)
+        if config.keygrip is None:
+            token = cookies.get(name, signed=False)
+        else:  # both cookies are re-sent below: no need for get()'s repairs
+            token, index = cookies._signed(name)
+            if index < 0:
+                token = None
         if token is None or not _TOKEN.fullmatch(token):
             token = _new_token()
         self._token = token
