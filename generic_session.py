@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import copy
 import hmac
 import html
 import json
@@ -481,11 +482,18 @@ def decode_json(text: str | bytes) -> Any:
     return json.loads(text)
 
 
+#: The longest expiry: 400 days, where browsers cap a cookie's lifetime (RFC 6265bis).
+_MAX_EXPIRE = 400 * 24 * 60 * 60
+
+
 def _check_expire(expire: float, name: str = "expire") -> float:
+    """Return ``expire`` if it is a number of seconds in (0, 400 days], else raise ValueError."""
     if isinstance(expire, bool) or not isinstance(expire, int | float):
         raise ValueError(f"{name} must be a number of seconds > 0, got {type(expire).__name__}")
-    if not (expire > 0 and math.isfinite(expire)):
-        raise ValueError(f"{name} must be a number of seconds > 0, got {expire!r}")
+    # Comparisons, not math.isfinite: they refuse nan and inf and never overflow on huge ints.
+    if not 0 < expire <= _MAX_EXPIRE:
+        raise ValueError(f"{name} must be a number of seconds > 0 and at most {_MAX_EXPIRE} "
+                         f"(400 days, the longest browsers keep a cookie), got {expire!r}")
     return expire
 
 
@@ -1006,7 +1014,9 @@ def check_store(store: Any, *, expire: float = 0.5, writes: int = 100) -> None:
 
         # Every JSON type round-trips exactly.
         for index, sample in enumerate(_JSON_SAMPLES):
-            store.set(a, f"v{index}", sample, long)
+            # A copy goes in: a store that keeps the caller's object must not pass (or
+            # change our samples) when its results are mutated below.
+            store.set(a, f"v{index}", copy.deepcopy(sample), long)
             got = store.get(a, f"v{index}", long)
             _expect(_same_json(got, sample), name, f"get after set(key, {sample!r})",
                     f"{sample!r} ({type(sample).__name__})", got)
@@ -1234,7 +1244,11 @@ class GenericSession:
         self, request: Any, response: Any, store: Store, *,
         cookies: Cookies | None = None, **options: Any,
     ) -> None:
-        self._setup(_environ_of(request), response, store, _config(options), cookies)
+        config = _config(options)
+        if cookies is not None and config.keygrip is not None and cookies.keys is None:
+            raise ValueError("keys were given but cookies has none: with cookies=, make it "
+                             "Cookies(request, response, keys), whose keys sign and verify")
+        self._setup(_environ_of(request), response, store, config, cookies)
         self._start()
 
     def _setup(self, environ: Environ, response: Any, store: Store, config: _Config,
@@ -1268,9 +1282,15 @@ class GenericSession:
                 token = None
         if token is None or not _TOKEN.fullmatch(token):
             token = _new_token()
+        self._issue(token)
+
+    def _issue(self, token: str) -> None:
+        """Take ``token`` as the session's and send its cookie with the sliding expiry."""
+        config = self._config
         self._token = token
         self._id = config.id_prefix + token
-        cookies.set(name, token, expires=config.clock() + config.expire, **self._attributes())
+        self.cookies.set(config.cookie_name, token, expires=config.clock() + config.expire,
+                         **self._attributes())
 
     def _attributes(self) -> dict[str, Any]:
         """The cookie's attributes, the same whether it is sent or cleared."""
@@ -1321,28 +1341,31 @@ class GenericSession:
         if self._token is None:
             return _html_table("GenericSession (not started)", [("store", repr(self.store))])
         flags = self._attributes()
+        signed = flags.pop("signed")
         attributes = "; ".join(["path=/"] + [
             f"{name}={value.lower() if name == 'samesite' else value}"
             if isinstance(value, str) else name
             for name, value in flags.items() if value])
-        try:
+        try:  # a read, which renews the expiry as every read does
             data: Any = self.store.get_all(self._id, config.expire)
         except Exception as error:  # a notebook should show the failure, not raise it
             data = f"<{type(error).__name__}: {error}>"
         return _html_table("GenericSession", [
             ("id", config.id_prefix + self._token[:6] + "…"),
             ("cookie", f"{config.cookie_name}=…; {attributes}"),
+            ("signed", f"yes: {config.cookie_name}.sig" if signed else "no"),
             ("expire", f"{config.expire} s (sliding)"),
             ("store", repr(self.store)),
             ("data", json.dumps(data, ensure_ascii=False) if isinstance(data, dict) else data),
         ])
 
-    def _run(self, callback: Callback | None, operation: Callable[..., Any], *args: Any) -> Any:
-        """Run a store operation; with a callback, hand it ``(error, result)`` instead."""
+    @staticmethod
+    def _run(callback: Callback | None, operation: Callable[[], Any]) -> Any:
+        """Run ``operation``; with a callback, hand it ``(error, result)`` instead of raising."""
         if callback is None:
-            return operation(*args)
+            return operation()
         try:
-            result = operation(*args)
+            result = operation()
         except Exception as error:
             callback(error, None)
             return None
@@ -1353,11 +1376,12 @@ class GenericSession:
         """Return the value stored under ``key`` (a copy), or None; no key: :meth:`get_all`."""
         if key is None:
             return self.get_all(callback=callback)
-        return self._run(callback, self.store.get, self.id, _check_key(key), self.expire)
+        return self._run(callback, lambda: self.store.get(self.id, _check_key(key), self.expire))
 
     def get_all(self, *, callback: Callback | None = None) -> dict[str, Any]:
         """Return all the session's data as a new dict."""
-        result: dict[str, Any] = self._run(callback, self.store.get_all, self.id, self.expire)
+        result: dict[str, Any] = self._run(
+            callback, lambda: self.store.get_all(self.id, self.expire))
         return result
 
     def set(self, key: str, value: Any = None, *, callback: Callback | None = None) -> None:
@@ -1365,27 +1389,47 @@ class GenericSession:
 
         :raises TypeError: for a value that is not JSON, naming the key; nothing is stored.
         """
-        self._run(callback, self.store.set, self.id, _check_key(key), value, self.expire)
+        self._run(callback, lambda: self.store.set(self.id, _check_key(key), value, self.expire))
 
     def delete(self, key: str | None = None, *, callback: Callback | None = None) -> None:
         """Remove ``key``.  Beware: with no key this is :meth:`delete_all`, as in Node."""
         if key is None:
             self.delete_all(callback=callback)
         else:
-            self._run(callback, self.store.delete, self.id, _check_key(key), self.expire)
+            self._run(callback,
+                      lambda: self.store.delete(self.id, _check_key(key), self.expire))
 
     def delete_all(self, *, callback: Callback | None = None) -> None:
         """Remove all the session's data; the cookie stays."""
-        self._run(callback, self.store.delete_all, self.id)
+        self._run(callback, lambda: self.store.delete_all(self.id))
 
     def destroy(self, *, callback: Callback | None = None) -> None:
-        """Remove all the data and expire the cookie (and its signature) on the client."""
-        self._run(callback, self.store.delete_all, self.id)
-        self.cookies.set(self._config.cookie_name, None, **self._attributes())
+        """Remove all the data and expire the cookie (and its signature) on the client.
+
+        The session keeps its id: a write after this, in the same request, goes
+        to a session whose cookie was cleared (use :meth:`regenerate` to go on).
+        """
+        def destroy() -> None:
+            self.store.delete_all(self.id)
+            self.cookies.set(self._config.cookie_name, None, **self._attributes())
+
+        self._run(callback, destroy)
+
+    def regenerate(self, *, callback: Callback | None = None) -> None:
+        """Start over with a new token and no data: call it at login, against session fixation.
+
+        A token planted by an attacker before the login is worth nothing after it.
+        Keep what you need with :meth:`get_all` first and :meth:`set` it again.
+        """
+        def regenerate() -> None:
+            self.store.delete_all(self.id)
+            self._issue(_new_token())
+
+        self._run(callback, regenerate)
 
     def touch(self, *, callback: Callback | None = None) -> None:
         """Renew the expiry only (what Node's ``get()`` without a callback does)."""
-        self._run(callback, self.store.extend, self.id, self.expire)
+        self._run(callback, lambda: self.store.extend(self.id, self.expire))
 
 
 def _check_key(key: Any) -> str:
@@ -1404,6 +1448,77 @@ def _check_key(key: Any) -> str:
 # added when the app calls ``start_response``.
 
 _UNAVAILABLE = b"503 Service Unavailable: the session store is unavailable\n"
+
+
+class _DeferredStart:
+    """Holds the app's ``start_response`` until the body is ready, then adds the cookies.
+
+    PEP 3333 lets headers change until the first body byte, and apps do use the
+    session after calling ``start_response``; so the server's ``start_response``
+    is called when the app returns (or yields its first chunk, or calls ``write``).
+    """
+
+    __slots__ = ("_start_response", "_write", "cookies", "exc_info", "headers", "status")
+
+    def __init__(self, start_response: Callable[..., Any]) -> None:
+        self._start_response = start_response
+        self._write: Callable[[bytes], object] | None = None
+        self.cookies: list[tuple[str, str]] = []  # the session's Set-Cookie headers
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.exc_info: Any = None
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], object]:
+        if self._write is not None:  # already sent: the server decides (it re-raises exc_info)
+            return self._start_response(status, headers, exc_info)  # type: ignore[no-any-return]
+        self.status, self.headers, self.exc_info = status, headers, exc_info
+        return self.write
+
+    def send(self) -> None:
+        """Call the server's ``start_response`` with the app's headers and the cookies."""
+        if self._write is not None:
+            return
+        if self.status is None:
+            raise RuntimeError("the WSGI app returned without calling start_response")
+        headers = self.headers
+        if self.cookies:
+            headers = [*headers, *_last_per_cookie(self.cookies)]
+        self._write = self._start_response(self.status, headers, self.exc_info)
+
+    def write(self, data: bytes) -> None:
+        """The legacy ``write`` callable: the headers go first."""
+        self.send()
+        self._write(data)  # type: ignore[misc]  # send() set it
+
+
+def _first_chunk_then_rest(body: Iterable[bytes], response: _DeferredStart,
+                           environ: Environ) -> Iterable[bytes]:
+    """Run a generator app to its first chunk, then send the headers, then the rest."""
+    try:
+        iterator = iter(body)
+        try:
+            first = next(iterator, b"")
+            response.send()
+        except StoreError as error:
+            yield from _unavailable(error, environ, response._start_response)
+            return
+        yield first
+        yield from iterator
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+
+
+def _unavailable(error: StoreError, environ: Environ,
+                 start_response: Callable[..., Any]) -> list[bytes]:
+    """A plain 503 for a store that is down; the error goes to the server's log."""
+    print(f"generic_session: {error}", file=environ.get("wsgi.errors", sys.stderr))
+    start_response("503 Service Unavailable",
+                   [("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(_UNAVAILABLE)))], sys.exc_info())
+    return [_UNAVAILABLE]
 
 
 def _last_per_cookie(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -1435,25 +1550,18 @@ def filter(store: Store, **options: Any) -> Callable[[WSGIApp], WSGIApp]:
 
     def wrap(app: WSGIApp) -> WSGIApp:
         def session_app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
-            pending: list[tuple[str, str]] = []
-            session = lazy(environ, pending, store, config)
+            response = _DeferredStart(start_response)
+            session = lazy(environ, response.cookies, store, config)
             environ["generic_session"] = session
             environ["bottle.request.ext.session"] = session  # bottle.request.session
-
-            def start_with_cookies(status: str, headers: list[tuple[str, str]],
-                                   exc_info: Any = None) -> Any:
-                if pending:
-                    headers = [*headers, *_last_per_cookie(pending)]
-                return start_response(status, headers, exc_info)
-
             try:
-                return app(environ, start_with_cookies)
+                body = app(environ, response.start_response)
+                if response.status is None:  # a generator app: it starts when iterated
+                    return _first_chunk_then_rest(body, response, environ)
+                response.send()
+                return body
             except StoreError as error:
-                print(f"generic_session: {error}", file=environ.get("wsgi.errors", sys.stderr))
-                start_response("503 Service Unavailable",
-                               [("Content-Type", "text/plain; charset=utf-8"),
-                                ("Content-Length", str(len(_UNAVAILABLE)))], sys.exc_info())
-                return [_UNAVAILABLE]
+                return _unavailable(error, environ, start_response)
 
         session_app.__wrapped__ = app  # type: ignore[attr-defined]
         return session_app

@@ -1,0 +1,754 @@
+"""The WSGI filter, in process with WebTest: Node's functional test, laziness, Bottle, errors.
+
+A small WSGI app (``routes`` below) exposes the session API over URLs, as the app
+of Node's ``tests/functional-test.js`` does; ``webtest.TestApp`` keeps a cookie jar
+between requests, as ``request.jar()`` does there.  Stores are real: a MemoryStore
+(instrumented to count calls where laziness is the point) and, for outages, a
+RedisStore whose client points at a loopback port nothing listens on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import bottle
+import pytest
+import redis
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from webob import Request
+from webtest import TestApp, TestResponse
+
+import generic_session
+from generic_session import TWO_WEEKS, GenericSession, Keygrip, MemoryStore, RedisStore
+from tests.helpers import free_port
+
+T0 = 4_000_000_000  # a fixed "now" (in 2096: the cookie jar drops cookies expired in real time)
+EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
+KEYS = ["a long random secret", "an older one"]
+URL_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]{40}")
+STR = "val"
+OBJ = {"key": "val", "obj": {"foo": "bar"}}
+
+
+# -- the app under test and its helpers ----------------------------------------------------------
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+
+
+def routes(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """The session API over URLs: /set/<key>?value=<json>, /get/<key>, /getall, /del/<key>,
+    /delall, /destroy, /id, /token, /touch, /count, /noop, /repr; anything else: 404 with the id.
+    """
+    session: GenericSession = environ["generic_session"]
+    request = Request(environ)
+    route, *args = request.path_info.strip("/").split("/")
+    status = "200 OK"
+    body: dict[str, Any]
+    if route == "noop":
+        body = {"started": session.started}
+    elif route == "repr":
+        body = {"repr": repr(session), "html": session._repr_html_(), "started": session.started}
+    elif route == "id":
+        body = {"id": session.id}
+    elif route == "token":
+        body = {"token": session.token}
+    elif route == "set":
+        value = json.loads(request.GET["value"]) if "value" in request.GET else None
+        session.set(args[0], value)
+        body = {"id": session.id, "ok": True}
+    elif route == "get":
+        body = {"id": session.id, "value": session.get(args[0])}
+    elif route == "getall":
+        body = {"id": session.id, "data": session.get_all()}
+    elif route == "del":
+        session.delete(args[0])
+        body = {"id": session.id, "ok": True}
+    elif route == "delall":
+        session.delete_all()
+        body = {"id": session.id, "ok": True}
+    elif route == "destroy":
+        session.destroy()
+        body = {"ok": True, "destroyed": True}
+    elif route == "touch":
+        session.touch()
+        body = {"ok": True}
+    elif route == "count":  # reads, then writes
+        count = (session.get("count") or 0) + 1
+        session.set("count", count)
+        body = {"count": count}
+    else:
+        status = "404 Not Found"
+        body = {"error": "not found", "id": session.id}
+    data = json.dumps(body).encode()
+    start_response(status, [("Content-Type", "application/json"),
+                            ("Content-Length", str(len(data)))])
+    return [data]
+
+
+class CountingStore(MemoryStore):
+    """The real MemoryStore, recording the name of every Store API call made on it."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.calls: list[str] = []
+
+    def get(self, id: str, key: str, expire: float) -> Any:
+        self.calls.append("get")
+        return super().get(id, key, expire)
+
+    def get_all(self, id: str, expire: float) -> dict[str, Any]:
+        self.calls.append("get_all")
+        return super().get_all(id, expire)
+
+    def set(self, id: str, key: str, value: Any, expire: float) -> None:
+        self.calls.append("set")
+        super().set(id, key, value, expire)
+
+    def delete(self, id: str, key: str, expire: float) -> None:
+        self.calls.append("delete")
+        super().delete(id, key, expire)
+
+    def delete_all(self, id: str) -> None:
+        self.calls.append("delete_all")
+        super().delete_all(id)
+
+    def extend(self, id: str, expire: float) -> None:
+        self.calls.append("extend")
+        super().extend(id, expire)
+
+
+class FakeClock:
+    """Epoch seconds that only move when a test moves them."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def parse_set_cookie(header: str) -> tuple[str, str, dict[str, str]]:
+    """``'s=v; path=/; httponly'`` -> ``('s', 'v', {'path': '/', 'httponly': ''})``."""
+    first, *rest = header.split("; ")
+    name, _, value = first.partition("=")
+    attributes = {}
+    for item in rest:
+        key, _, val = item.partition("=")
+        attributes[key.lower()] = val
+    return name, value, attributes
+
+
+def set_cookies(response: TestResponse) -> list[tuple[str, str, dict[str, str]]]:
+    return [parse_set_cookie(header) for header in response.headers.getall("Set-Cookie")]
+
+
+def cookie(response: TestResponse, name: str) -> tuple[str, dict[str, str]]:
+    """The value and attributes of the one Set-Cookie for ``name`` (fails if not exactly one)."""
+    found = [(value, attrs) for cookie_name, value, attrs in set_cookies(response)
+             if cookie_name == name]
+    assert len(found) == 1, f"{len(found)} Set-Cookie for {name!r}: {set_cookies(response)!r}"
+    return found[0]
+
+
+def expires_at(attributes: dict[str, str]) -> float:
+    return parsedate_to_datetime(attributes["expires"]).timestamp()
+
+
+def dead_redis_store() -> RedisStore:
+    """A real RedisStore whose client points at a loopback port nothing listens on."""
+    client = redis.Redis(
+        host="127.0.0.1",
+        port=free_port(),
+        socket_connect_timeout=0.5,
+        socket_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),  # fail at once instead of retrying with backoff
+    )
+    return RedisStore(client)
+
+
+@pytest.fixture
+def dead_store() -> Iterator[RedisStore]:
+    store = dead_redis_store()
+    try:
+        yield store
+    finally:
+        store.client.close()
+
+
+@pytest.fixture(params=[None, KEYS], ids=["unsigned", "signed"])
+def keys(request: pytest.FixtureRequest) -> list[str] | None:
+    keys: list[str] | None = request.param
+    return keys
+
+
+@pytest.fixture
+def store() -> CountingStore:
+    return CountingStore()
+
+
+@pytest.fixture
+def client(store: CountingStore, keys: list[str] | None) -> TestApp:
+    return TestApp(generic_session.filter(store, keys=keys)(routes))
+
+
+def check_signature(response: TestResponse, keys: list[str] | None, token: str) -> None:
+    """Signed: ``s.sig`` is there and signs ``s=<token>`` with keys[0]; unsigned: no ``s.sig``."""
+    if keys is None:
+        assert "s.sig" not in [name for name, _, _ in set_cookies(response)]
+    else:
+        signature, _ = cookie(response, "s.sig")
+        assert Keygrip(keys[:1]).verify(f"s={token}", signature)
+
+
+# -- Node's functional test ----------------------------------------------------------------------
+
+
+def test_the_first_request_establishes_a_session_cookie(
+    client: TestApp, keys: list[str] | None
+) -> None:
+    response = client.get("/404", status=404)
+
+    assert response.json["error"] == "not found"
+    token, attributes = cookie(response, "s")
+    assert URL_SAFE_TOKEN.fullmatch(token)
+    assert response.json["id"] == "session:" + token
+    assert "httponly" in attributes
+    assert expires_at(attributes) > time.time() + 60
+    check_signature(response, keys, token)
+    assert client.cookies["s"] == token
+
+
+def test_the_id_stays_the_same_across_requests(client: TestApp) -> None:
+    first = client.get("/id").json["id"]
+
+    assert client.get("/id").json["id"] == first
+    assert client.get("/404", status=404).json["id"] == first
+
+
+def test_a_string_and_an_object_set_are_read_back_in_later_requests(client: TestApp) -> None:
+    id = client.get("/id").json["id"]
+
+    assert client.get("/set/str", {"value": json.dumps(STR)}).json == {"id": id, "ok": True}
+    assert client.get("/set/obj", {"value": json.dumps(OBJ)}).json == {"id": id, "ok": True}
+
+    assert client.get("/get/str").json == {"id": id, "value": STR}
+    assert client.get("/get/obj").json == {"id": id, "value": OBJ}
+
+
+def test_get_all_returns_every_key(client: TestApp) -> None:
+    client.get("/set/str", {"value": json.dumps(STR)})
+    client.get("/set/obj", {"value": json.dumps(OBJ)})
+
+    response = client.get("/getall")
+
+    assert response.json["data"] == {"str": STR, "obj": OBJ}
+
+
+def test_deleting_each_key_leaves_the_others_until_none_is_left(client: TestApp) -> None:
+    client.get("/set/str", {"value": json.dumps(STR)})
+    client.get("/set/obj", {"value": json.dumps(OBJ)})
+
+    client.get("/del/str")
+    assert client.get("/get/str").json["value"] is None
+    assert client.get("/getall").json["data"] == {"obj": OBJ}
+
+    client.get("/del/obj")
+    assert client.get("/get/obj").json["value"] is None
+    assert client.get("/getall").json["data"] == {}
+
+
+def test_delete_all_empties_the_session_but_keeps_the_cookie_and_id(
+    client: TestApp, keys: list[str] | None
+) -> None:
+    id = client.get("/set/str", {"value": json.dumps(STR)}).json["id"]
+    client.get("/set/obj", {"value": json.dumps(OBJ)})
+    token = client.cookies["s"]
+
+    response = client.get("/delall")
+
+    assert response.json == {"id": id, "ok": True}
+    assert cookie(response, "s")[0] == token  # re-sent, not cleared
+    check_signature(response, keys, token)
+    assert client.get("/getall").json == {"id": id, "data": {}}
+    assert client.cookies["s"] == token
+
+
+def test_destroy_removes_the_cookie_and_the_next_request_gets_a_new_id(
+    client: TestApp, keys: list[str] | None
+) -> None:
+    old_id = client.get("/set/str", {"value": json.dumps(STR)}).json["id"]
+
+    response = client.get("/destroy")
+
+    assert response.json == {"ok": True, "destroyed": True}
+    value, attributes = cookie(response, "s")
+    assert (value, attributes["expires"]) == ("", EPOCH)
+    if keys is not None:
+        assert cookie(response, "s.sig")[0] == ""
+    assert "s" not in client.cookies and "s.sig" not in client.cookies
+
+    again = client.get("/getall")
+    assert again.json["id"] != old_id
+    assert again.json["data"] == {}
+
+
+def test_a_new_client_gets_a_new_session(client: TestApp) -> None:
+    id = client.get("/set/str", {"value": json.dumps(STR)}).json["id"]
+    other = TestApp(client.app)  # a fresh cookie jar
+
+    response = other.get("/getall")
+
+    assert response.json["id"] != id
+    assert response.json["data"] == {}
+
+
+# -- laziness ------------------------------------------------------------------------------------
+
+
+def test_a_request_that_never_touches_the_session_gets_no_cookie_and_no_store_access(
+    client: TestApp, store: CountingStore
+) -> None:
+    response = client.get("/noop")
+
+    assert response.json == {"started": False}
+    assert "Set-Cookie" not in response.headers
+    assert store.calls == []
+
+
+def test_an_established_session_is_not_resent_by_a_request_that_never_touches_it(
+    client: TestApp, store: CountingStore
+) -> None:
+    client.get("/set/k", {"value": "1"})
+    store.calls.clear()
+
+    response = client.get("/noop")
+
+    assert "Set-Cookie" not in response.headers
+    assert store.calls == []
+
+
+def test_showing_an_untouched_session_does_not_start_it(
+    client: TestApp, store: CountingStore
+) -> None:
+    response = client.get("/repr")
+
+    assert response.json["started"] is False
+    assert "not started" in response.json["repr"]
+    assert "not started" in response.json["html"]
+    assert "Set-Cookie" not in response.headers
+    assert store.calls == []
+
+
+@pytest.mark.parametrize("route", ["/id", "/token"])
+def test_reading_the_id_or_token_starts_the_session_without_store_access(
+    client: TestApp, store: CountingStore, route: str
+) -> None:
+    response = client.get(route)
+
+    token, _ = cookie(response, "s")
+    assert token in next(iter(response.json.values()))
+    assert store.calls == []
+
+
+@pytest.mark.parametrize(
+    ("route", "calls"),
+    [("/get/k", ["get"]), ("/getall", ["get_all"]), ("/set/k?value=1", ["set"]),
+     ("/del/k", ["delete"]), ("/delall", ["delete_all"]), ("/touch", ["extend"]),
+     ("/destroy", ["delete_all"])],
+)
+def test_each_method_makes_exactly_one_store_call(
+    client: TestApp, store: CountingStore, route: str, calls: list[str]
+) -> None:
+    response = client.get(route)
+
+    assert store.calls == calls
+    assert "s" in [name for name, _, _ in set_cookies(response)]
+
+
+def test_a_touched_session_is_resent_with_a_sliding_expiry(keys: list[str] | None) -> None:
+    clock = FakeClock(T0)
+    client = TestApp(generic_session.filter(MemoryStore(), keys=keys, clock=clock)(routes))
+    first = client.get("/set/k", {"value": "1"})
+
+    clock.now = T0 + 1000
+    second = client.get("/get/k")
+    clock.now = T0 + 2000
+    untouched = client.get("/noop")
+
+    assert cookie(second, "s")[0] == cookie(first, "s")[0]
+    assert expires_at(cookie(first, "s")[1]) == T0 + TWO_WEEKS
+    assert expires_at(cookie(second, "s")[1]) == T0 + 1000 + TWO_WEEKS
+    if keys is not None:
+        assert expires_at(cookie(second, "s.sig")[1]) == T0 + 1000 + TWO_WEEKS
+    assert "Set-Cookie" not in untouched.headers
+
+
+def test_a_health_check_answers_while_the_store_is_down(dead_store: RedisStore) -> None:
+    client = TestApp(generic_session.filter(dead_store)(routes))
+
+    assert client.get("/noop").json == {"started": False}
+
+
+# -- Bottle --------------------------------------------------------------------------------------
+
+
+def make_bottle_app(*, catchall: bool = True) -> bottle.Bottle:
+    app = bottle.Bottle()
+    app.config["catchall"] = catchall
+
+    @app.get("/same")
+    def same() -> dict[str, Any]:
+        session = bottle.request.session
+        return {"same": session is bottle.request.environ["generic_session"], "id": session.id}
+
+    @app.get("/set/<key>/<value>")
+    def set_value(key: str, value: str) -> dict[str, Any]:
+        bottle.request.session.set(key, value)
+        return {"ok": True}
+
+    @app.get("/get/<key>")
+    def get_value(key: str) -> dict[str, Any]:
+        return {"value": bottle.request.session.get(key)}
+
+    return app
+
+
+def test_bottle_request_session_is_the_environs_session() -> None:
+    client = TestApp(generic_session.filter(MemoryStore(), keys=KEYS)(make_bottle_app()))
+
+    response = client.get("/same")
+
+    assert response.json["same"] is True
+    assert response.json["id"] == "session:" + cookie(response, "s")[0]
+
+
+def test_a_bottle_app_keeps_values_between_requests() -> None:
+    client = TestApp(generic_session.filter(MemoryStore(), keys=KEYS)(make_bottle_app()))
+
+    client.get("/set/foo/bar")
+
+    assert client.get("/get/foo").json == {"value": "bar"}
+    assert TestApp(client.app).get("/get/foo").json == {"value": None}  # another client
+
+
+def test_a_bottle_app_on_a_dead_store_answers_503_in_plain_text(dead_store: RedisStore) -> None:
+    client = TestApp(generic_session.filter(dead_store)(make_bottle_app(catchall=False)))
+
+    response = client.get("/get/foo", status=503, expect_errors=True)
+
+    assert response.content_type == "text/plain"
+    assert response.text == "503 Service Unavailable: the session store is unavailable\n"
+    assert "Traceback" not in response.text
+    assert "Set-Cookie" not in response.headers  # no cookie for a session that failed
+    # The cause goes to the server's error log, naming the store's address.
+    assert f"generic_session: RedisStore at {dead_store.address}: get failed" in response.errors
+
+
+def test_a_plain_wsgi_app_on_a_dead_store_answers_503(dead_store: RedisStore) -> None:
+    client = TestApp(generic_session.filter(dead_store)(routes))
+
+    response = client.get("/set/k", {"value": "1"}, status=503, expect_errors=True)
+
+    assert response.text.startswith("503 Service Unavailable")
+
+
+def headers_then_session(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(environ["generic_session"].get("k")).encode()]
+
+
+def test_a_store_error_after_start_response_still_answers_503(dead_store: RedisStore) -> None:
+    client = TestApp(generic_session.filter(dead_store)(headers_then_session))
+
+    response = client.get("/", status=503, expect_errors=True)
+
+    assert response.content_type == "text/plain"
+    assert response.text.startswith("503 Service Unavailable")
+
+
+def streamed(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+    """A generator app: its body, start_response included, runs as the server iterates."""
+    session = environ["generic_session"]
+    start_response("200 OK", [("Content-Type", "application/json")])
+    yield json.dumps(session.get("k")).encode()
+
+
+def test_a_generator_app_on_a_dead_store_answers_503(dead_store: RedisStore) -> None:
+    client = TestApp(generic_session.filter(dead_store)(streamed))
+
+    response = client.get("/", status=503, expect_errors=True)
+
+    assert response.text.startswith("503 Service Unavailable")
+
+
+# -- one Set-Cookie per cookie name --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("established", [False, True], ids=["fresh-client", "established"])
+def test_destroy_sends_only_the_clearing_cookie_for_each_name(
+    client: TestApp, keys: list[str] | None, established: bool
+) -> None:
+    if established:
+        client.get("/set/k", {"value": "1"})
+
+    response = client.get("/destroy")
+
+    names = [name for name, _, _ in set_cookies(response)]
+    assert names.count("s") == 1  # the start's Set-Cookie is dropped: the last one wins
+    assert len(names) == len(set(names)) == (1 if keys is None else 2)
+    for name in names:
+        value, attributes = cookie(response, name)
+        assert (value, attributes["expires"]) == ("", EPOCH)
+
+
+def test_a_tampered_signature_gets_one_valid_signature_cookie() -> None:
+    client = TestApp(generic_session.filter(MemoryStore(), keys=KEYS)(routes))
+    token = client.get("/set/k", {"value": '"private"'}).json["id"].removeprefix("session:")
+    attacker = TestApp(client.app)
+
+    response = attacker.get("/get/k", headers={"Cookie": f"s={token}; s.sig=forged"})
+
+    assert response.json["value"] is None
+    new_token, _ = cookie(response, "s")
+    assert new_token != token
+    check_signature(response, KEYS, new_token)
+
+
+def test_a_cookie_signed_with_the_older_key_is_resigned_once_with_the_newer() -> None:
+    client = TestApp(generic_session.filter(MemoryStore(), keys=KEYS)(routes))
+    token = client.get("/set/k", {"value": '"kept"'}).json["id"].removeprefix("session:")
+    old_signature = Keygrip([KEYS[1]]).sign(f"s={token}")
+    other = TestApp(client.app)
+
+    response = other.get("/get/k", headers={"Cookie": f"s={token}; s.sig={old_signature}"})
+
+    assert response.json["value"] == "kept"
+    assert cookie(response, "s")[0] == token
+    check_signature(response, KEYS, token)
+
+
+# -- options checked at filter() time ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param(options, message, id=repr(options))
+        for options, message in [
+            ({"keys": []}, r"keys must hold at least one secret key"),
+            ({"keys": [1]}, r"keys\[0\] must be str or bytes"),
+            ({"expire": 0}, r"expire must be a number of seconds > 0"),
+            ({"expire": True}, r"expire must be a number of seconds > 0, got bool"),
+            ({"expire": float("inf")}, r"expire must be .* at most 34560000 .*, got inf"),
+            ({"cookie_name": "a;b"}, r"cookie_name 'a;b' is not allowed"),
+            ({"cookie_name": ""}, r"cookie_name must be a non-empty str"),
+            ({"samesite": "sideways"}, r"samesite must be .*got 'sideways'"),
+            ({"secure": "yes"}, r"secure must be True, False or None"),
+            ({"cookie_name": "__Host-s", "domain": "example.com"}, r"domain must be None"),
+            ({"cookie_name": "__Host-s", "secure": False}, r"secure=False is not allowed"),
+        ]
+    ],
+)
+def test_a_bad_option_raises_value_error_naming_it_at_filter_time(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        generic_session.filter(MemoryStore(), **options)
+
+
+def test_cookies_is_refused_by_the_filter() -> None:
+    with pytest.raises(ValueError, match=r"cookies is per request"):
+        generic_session.filter(MemoryStore(), cookies=None)
+
+
+def test_an_unknown_option_is_named_at_filter_time() -> None:
+    with pytest.raises(TypeError, match=r"unknown session option 'cookieName'"):
+        generic_session.filter(MemoryStore(), cookieName="s")
+
+
+STORE_METHODS = ("get", "get_all", "set", "delete", "delete_all", "extend")
+
+
+@pytest.mark.parametrize("missing", STORE_METHODS)
+def test_a_store_missing_a_method_is_refused_naming_the_method(missing: str) -> None:
+    # Only checked, never run: each method it has is a stub.
+    methods = {name: lambda self, *args: None for name in STORE_METHODS if name != missing}
+    partial_store = type("PartialStore", (), methods)()
+
+    with pytest.raises(ValueError, match=rf"has no {missing}\(\) method"):
+        generic_session.filter(partial_store)
+
+
+def test_middleware_is_another_name_for_filter() -> None:
+    client = TestApp(generic_session.middleware(MemoryStore())(routes))
+
+    assert URL_SAFE_TOKEN.fullmatch(cookie(client.get("/id"), "s")[0])
+    assert generic_session.middleware is generic_session.filter
+
+
+def test_an_expire_too_far_for_a_cookie_date_is_refused_at_filter_time() -> None:
+    with pytest.raises(ValueError, match=r"expire"):
+        generic_session.filter(MemoryStore(), expire=1e20)
+
+
+# -- a session used after start_response ---------------------------------------------------------
+
+
+def start_response_first(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """A common WSGI style: headers first, then the work, then the body as a list."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    environ["generic_session"].set("k", "v")
+    return [b"stored"]
+
+
+def test_a_session_first_used_after_start_response_but_before_the_body_sends_its_cookie() -> None:
+    store = MemoryStore()
+    client = TestApp(generic_session.filter(store)(start_response_first))
+
+    response = client.get("/")
+
+    token, _ = cookie(response, "s")
+    assert store.get("session:" + token, "k", 60) == "v"
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+
+def test_concurrent_requests_of_one_session_each_writing_its_own_keys_lose_none(
+    keys: list[str] | None,
+) -> None:
+    store = MemoryStore()
+    wsgi_app = generic_session.filter(store, keys=keys)(routes)
+    owner = TestApp(wsgi_app)
+    token = cookie(owner.get("/token"), "s")[0]
+    threads, writes = 8, 25
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+    tokens_sent: set[str] = set()
+
+    def writer(label: int) -> None:
+        try:
+            client = TestApp(wsgi_app)
+            for name, value in owner.cookies.items():
+                client.set_cookie(name, value)
+            start.wait()
+            for n in range(writes):
+                response = client.get(f"/set/t{label}-{n}", {"value": str(n)})
+                tokens_sent.add(cookie(response, "s")[0])
+        except BaseException as error:  # reported in the main thread
+            errors.append(error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so a lost update would show
+    try:
+        workers = [threading.Thread(target=writer, args=(label,)) for label in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+
+    assert errors == []
+    assert tokens_sent == {token}  # every request was in the same session
+    data = owner.get("/getall").json["data"]
+    assert data == {f"t{label}-{n}": n for label in range(threads) for n in range(writes)}
+
+
+# -- property-based: any Cookie header, forged cookies -------------------------------------------
+
+LATIN_1 = st.characters(min_codepoint=0, max_codepoint=255)
+TOKEN_ALPHABET = string.ascii_letters + string.digits + "-_+/"
+B64URL = string.ascii_letters + string.digits + "-_"
+ANY_TOKEN_RUN = re.compile(r"[A-Za-z0-9+/_-]{40}")
+
+cookie_values = st.one_of(
+    st.text(LATIN_1, max_size=60),
+    st.text(TOKEN_ALPHABET, min_size=38, max_size=42),
+    st.text(TOKEN_ALPHABET + '"=;, ', max_size=50).map(lambda text: f'"{text}"'),
+    st.sampled_from(["", '"', '""', "=", "\x00", "\x7f", "\xff", "\r\n"]),
+)
+cookie_pairs = st.builds(
+    lambda name, value: f"{name}={value}",
+    st.one_of(st.sampled_from(["s", "s.sig", " s ", "S", "s.sig.sig", "", "__Host-s"]),
+              st.text(LATIN_1, max_size=10)),
+    cookie_values,
+)
+cookie_headers = st.one_of(
+    st.text(LATIN_1, max_size=200),
+    st.builds(
+        lambda separator, parts: separator.join(parts),
+        st.sampled_from([";", "; ", ",", " ;", ";;"]),
+        st.lists(st.one_of(cookie_pairs, st.text(LATIN_1, max_size=20)), max_size=8),
+    ),
+    # Huge headers: up to 64 KB of a repeated piece.
+    st.builds(
+        lambda piece, times: (piece * times)[:65536],
+        st.one_of(cookie_pairs.map(lambda pair: pair + "; "),
+                  st.text(LATIN_1, min_size=1, max_size=40)),
+        st.integers(min_value=100, max_value=4096),
+    ),
+)
+
+
+@pytest.mark.parametrize("keys", [None, KEYS], ids=["unsigned", "signed"])
+@settings(max_examples=200, deadline=None)
+@given(header=cookie_headers)
+def test_any_cookie_header_gets_a_200_and_a_fresh_valid_token(
+    keys: list[str] | None, header: str
+) -> None:
+    if keys is None:
+        # Unsigned, a well-formed token anywhere in the header may rightly be reused.
+        assume(not ANY_TOKEN_RUN.search(header))
+    client = TestApp(generic_session.filter(MemoryStore(), keys=keys)(routes))
+
+    response = client.get("/count", extra_environ={"HTTP_COOKIE": header})
+
+    assert response.status_int == 200
+    assert response.json == {"count": 1}
+    token, attributes = cookie(response, "s")
+    assert URL_SAFE_TOKEN.fullmatch(token)
+    assert token not in header
+    assert expires_at(attributes) > 0
+    check_signature(response, keys, token)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    use_victims_token=st.booleans(),
+    random_token=st.text(TOKEN_ALPHABET, min_size=40, max_size=40),
+    signature=st.one_of(
+        st.none(),
+        st.text(B64URL, min_size=27, max_size=27),  # the shape of a real sha1 signature
+        st.text(LATIN_1.filter(lambda c: c != ";"), max_size=60),
+    ),
+)
+def test_a_forged_cookie_never_reaches_a_victims_data(
+    use_victims_token: bool, random_token: str, signature: str | None
+) -> None:
+    victim = TestApp(generic_session.filter(MemoryStore(), keys=KEYS)(routes))
+    victims_token = cookie(victim.get("/set/secret", {"value": '"victim data"'}), "s")[0]
+    token = victims_token if use_victims_token else random_token
+    forged = f"s={token}" if signature is None else f"s={token}; s.sig={signature}"
+
+    response = TestApp(victim.app).get("/get/secret", extra_environ={"HTTP_COOKIE": forged})
+
+    assert response.json["value"] is None
+    new_token, _ = cookie(response, "s")
+    assert new_token not in (victims_token, token)
+    assert URL_SAFE_TOKEN.fullmatch(new_token)
+    check_signature(response, KEYS, new_token)
+    # The victim's session is untouched by the attempt.
+    assert victim.get("/get/secret").json["value"] == "victim data"
