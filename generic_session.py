@@ -704,6 +704,9 @@ class SQLiteStore:
                 "use MemoryStore for sessions in memory"
             )
         self.timeout = _check_expire(timeout, "timeout")
+        for name, value in (("sweep_every", sweep_every), ("sweep_batch", sweep_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.sweep_every = sweep_every
         self.sweep_batch = sweep_batch
         self._clock = clock
@@ -734,11 +737,33 @@ class SQLiteStore:
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
             db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-            db.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
-            db.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe in WAL
+            try:
+                self._use_wal(db)
+                db.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe in WAL
+            except BaseException:
+                db.close()
+                raise
             local.db, local.pid = db, os.getpid()
         connection: sqlite3.Connection = local.db
         return connection
+
+    def _use_wal(self, db: sqlite3.Connection) -> None:
+        """Put the file in WAL mode (readers never block the writer), waiting up to ``timeout``.
+
+        Switching needs the file to itself, and SQLite answers "database is locked"
+        at once, ignoring the busy timeout, while another process writes to a new
+        file: so retry.  Once in WAL mode (it is stored in the file) nothing waits.
+        """
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _transaction(self, op: str, write: bool = True) -> _SQLiteTransaction:
         return _SQLiteTransaction(self, op, write)

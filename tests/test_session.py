@@ -1001,3 +1001,78 @@ def test_repr_html_shows_a_store_failure_instead_of_raising(dead_store: RedisSto
     assert "StoreError" in markup
     assert dead_store.address in markup
     assert session.token not in markup
+
+
+def test_a_callback_gets_the_error_of_a_key_that_is_not_a_str(store: MemoryStore) -> None:
+    session = GenericSession(environ(), [], store)
+    callback = Recorder()
+
+    session.set(5, "v", callback=callback)  # type: ignore[arg-type]
+
+    [(error, _)] = callback.calls
+    assert isinstance(error, TypeError)
+    assert "session key must be a str, got int: 5" in str(error)
+    assert session.get_all() == {}
+
+
+# -- regenerate ----------------------------------------------------------------------------------
+
+
+def test_regenerate_gives_a_new_token_and_drops_the_old_data(store: MemoryStore) -> None:
+    planted = GenericSession(environ(), [], store, keys=["secret"])
+    planted.set("k", "planted by an attacker")
+    headers: list[tuple[str, str]] = []
+    session = GenericSession(environ(signed_cookie(planted.token)), headers, store,
+                             keys=["secret"])
+    assert session.token == planted.token
+
+    session.regenerate()
+    session.set("user", "alice")
+
+    assert session.token != planted.token
+    assert session.id == "session:" + session.token
+    assert session.get_all() == {"user": "alice"}
+    assert store.get_all(planted.id, 60) == {}
+    value, _ = last_cookie(headers, "s")
+    signature, _ = last_cookie(headers, "s.sig")
+    assert value == session.token
+    assert Keygrip(["secret"]).verify(f"s={session.token}", signature)
+
+
+def test_regenerate_in_the_filter_sends_only_the_new_cookie(store: MemoryStore) -> None:
+    from webtest import TestApp
+
+    from generic_session import filter as session_filter
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session = environ["generic_session"]
+        old = session.token
+        session.regenerate()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"{old} {session.token}".encode()]
+
+    response = TestApp(session_filter(store)(app)).get("/")
+    old, new = response.text.split()
+    cookies = [value for name, value in response.headerlist if name == "Set-Cookie"]
+    assert old != new
+    assert [cookie.split(";")[0] for cookie in cookies] == [f"s={new}"]
+
+
+# -- cookies= and keys= --------------------------------------------------------------------------
+
+
+def test_keys_with_cookies_that_have_no_keys_is_a_value_error(store: MemoryStore) -> None:
+    env = environ()
+    with pytest.raises(ValueError, match=r"keys were given but cookies has none"):
+        GenericSession(env, [], store, keys=["secret"], cookies=Cookies(env, []))
+
+
+def test_cookies_with_their_own_keys_sign_the_session_cookie(store: MemoryStore) -> None:
+    env = environ()
+    headers: list[tuple[str, str]] = []
+
+    session = GenericSession(env, [], store, keys=["secret"],
+                             cookies=Cookies(env, headers, ["secret"]))
+
+    signature, _ = last_cookie(headers, "s.sig")
+    assert Keygrip(["secret"]).verify(f"s={session.token}", signature)

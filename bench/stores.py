@@ -1,0 +1,334 @@
+"""What each store costs: per operation, per request, and as SQLite grows.
+
+Measured in one run, printed as markdown tables to paste into the README:
+
+1. Per-operation cost, in microseconds, of ``get`` and ``set`` on
+   ``MemoryStore``, ``SQLiteStore`` (a file in a temp dir, WAL mode) and
+   ``RedisStore`` (a ``redis-server`` of our own on a free loopback port,
+   persistence off).  Each figure is the median over several rounds of a
+   batch's time (``time.perf_counter_ns``) divided by its size; the loop and
+   call overhead of the harness (well under a microsecond) is included.  The
+   rounds interleave everything compared in one table, in a rotating order,
+   so the noise of a shared machine falls on all rows alike.  For
+   Redis, the round-trip floor ``client.ping()`` over the same connection is
+   measured too, with the ratios get/PING and set/PING: every RedisStore
+   operation is one MULTI/EXEC round trip, so a ratio near 1 means the store
+   adds little beyond the network.
+2. Requests per second of a filtered WSGI app, per store: the handler reads
+   ``n`` from the session and writes ``n + 1`` (one store ``get`` and one
+   ``set`` per request), called in-process with a prebuilt environ carrying
+   the session cookie.  No server, no socket: it measures the session and
+   store path only.
+3. SQLiteStore ``get`` and ``set`` at 1,000 / 10,000 / 100,000 / 1,000,000
+   stored sessions (one key each), on random sessions, to show the cost stays
+   flat.  One file per size, filled with ``executemany`` straight into the
+   store's tables (``session_expiry``, ``session_data``) in one transaction,
+   after the store has created them.  SQLite costs include the WAL
+   checkpoints (with an fsync) that the writes trigger, amortised.
+
+Without ``redis-server`` on PATH (or the ``redis`` package) the Redis rows are
+skipped with a note.  Nothing is written to the repository: files go to a
+temp dir that is removed at the end.
+
+Usage::
+
+    python bench/stores.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+sys.dont_write_bytecode = True  # write nothing to the repository, not even __pycache__
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import generic_session as gs  # noqa: E402  (needs ROOT on sys.path)
+from tests.helpers import RedisServer  # noqa: E402  (plain helpers, no pytest)
+
+EXPIRE = 3600.0
+VALUE = {"user_id": 42, "name": "Zoë", "roles": ["reader", "editor"]}
+KEYS = ["bench signing key"]
+SESSIONS = 1000  # sessions the per-operation figures spread over
+
+
+class Settings:
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.repeats = 5 if quick else 9
+        self.batch = 500 if quick else 2000
+        self.app_requests = 500 if quick else 2000
+        self.sizes = [1_000, 10_000, 100_000] if quick else [1_000, 10_000, 100_000, 1_000_000]
+        self.size_batch = 300 if quick else 1000
+
+
+# ---------------------------------------------------------------------------
+# Timing
+
+Op = Callable[[int], object]
+
+
+def interleaved(ops: dict[str, Op], batch: int, repeats: int) -> dict[str, float]:
+    """Median over ``repeats`` rounds of the microseconds one ``op(i)`` takes, per op.
+
+    Each round times one batch of every op, in an order that rotates from round
+    to round, so the noise of a shared machine falls on all of them alike.
+    """
+    names = list(ops)
+    for name in names:  # warm up
+        for i in range(min(batch, 200)):
+            ops[name](i)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            op = ops[name]
+            start = time.perf_counter_ns()
+            for i in range(batch):
+                op(i)
+            samples[name].append((time.perf_counter_ns() - start) / batch / 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def store_ops(name: str, store: Any) -> dict[str, Op]:
+    """``get`` and ``set`` of one key on SESSIONS sessions, visited in turn."""
+    ids = [f"session:bench-{n:06d}" for n in range(SESSIONS)]
+    for id in ids:
+        store.set(id, "data", VALUE, EXPIRE)
+    assert store.get(ids[0], "data", EXPIRE) == VALUE
+
+    def get(i: int) -> object:
+        return store.get(ids[i % SESSIONS], "data", EXPIRE)
+
+    def set_(i: int) -> object:
+        return store.set(ids[i % SESSIONS], "data", VALUE, EXPIRE)
+
+    return {f"{name} get": get, f"{name} set": set_}
+
+
+# ---------------------------------------------------------------------------
+# The filtered app, in-process
+
+
+def counter_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    session: gs.GenericSession = environ["generic_session"]
+    n = session.get("n") or 0
+    session.set("n", n + 1)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(n + 1).encode()]
+
+
+class AppClient:
+    """Calls ``counter_app`` behind ``filter(store)`` in-process, as one browser would."""
+
+    def __init__(self, store: Any) -> None:
+        self.app = gs.filter(store, keys=KEYS)(counter_app)
+        self.headers: list[tuple[str, str]] = []
+        self.base: dict[str, Any] = {
+            "REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "",
+            "SERVER_NAME": "bench", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+        }
+        self.served = 0
+        self.request(0)  # the first request mints the session
+        cookies = [v.partition(";")[0] for k, v in self.headers if k == "Set-Cookie"]
+        self.base["HTTP_COOKIE"] = "; ".join(cookies)  # sent back: s=...; s.sig=...
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> None:
+        self.headers = headers
+
+    def request(self, _: int) -> bytes:
+        self.served += 1
+        return b"".join(self.app(self.base.copy(), self.start_response))
+
+    def check(self) -> None:
+        """Every request found the session and kept its write: n counts them all."""
+        served = self.served + 1
+        body = self.request(0)
+        assert body == str(served).encode(), (body, served)
+
+
+# ---------------------------------------------------------------------------
+# SQLite as it grows
+
+
+def fill(path: Path, count: int) -> float:
+    """Add ``count`` sessions of one key straight into the store's tables; return seconds."""
+    started = time.perf_counter()
+    expires_at = time.time() + EXPIRE
+    text = gs.encode_json("data", VALUE)
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO session_expiry (id, expires_at) VALUES (?, ?)",
+                       ((f"session:{n:08d}", expires_at) for n in range(count)))
+        db.executemany("INSERT INTO session_data (id, key, value) VALUES (?, 'data', ?)",
+                       ((f"session:{n:08d}", text) for n in range(count)))
+        db.execute("COMMIT")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    return time.perf_counter() - started
+
+
+def sqlite_scaling(directory: Path, settings: Settings) -> list[tuple[int, float, float, float,
+                                                                      float]]:
+    """(sessions, get µs, set µs, fill seconds, file MB) at each size, one file per size."""
+    rng = random.Random(1)
+    stores: list[gs.SQLiteStore] = []
+    fills: dict[int, float] = {}
+    ops: dict[str, Op] = {}
+    for size in settings.sizes:
+        path = directory / f"scaling-{size}.db"
+        store = gs.SQLiteStore(path)  # creates the schema
+        stores.append(store)
+        fills[size] = fill(path, size)
+        picks = [f"session:{rng.randrange(size):08d}" for _ in range(settings.size_batch)]
+        assert store.get(picks[0], "data", EXPIRE) == VALUE
+
+        def get(i: int, store: Any = store, picks: list[str] = picks) -> object:
+            return store.get(picks[i], "data", EXPIRE)
+
+        def set_(i: int, store: Any = store, picks: list[str] = picks) -> object:
+            return store.set(picks[i], "data", VALUE, EXPIRE)
+
+        ops[f"{size} get"], ops[f"{size} set"] = get, set_
+    us = interleaved(ops, settings.size_batch, settings.repeats)
+    rows = []
+    for size in settings.sizes:
+        files = directory.glob(f"scaling-{size}.db*")
+        megabytes = sum(path.stat().st_size for path in files) / 1e6
+        rows.append((size, us[f"{size} get"], us[f"{size} set"], fills[size], megabytes))
+    for store in stores:
+        store.close()
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# Redis
+
+
+def start_redis(directory: Path) -> tuple[RedisServer | None, str]:
+    """A redis-server of our own, or None and why not."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        return None, "redis-server not found on PATH: Redis rows skipped"
+    try:
+        import redis  # noqa: F401  (only checking it is there)
+    except ImportError:
+        return None, "the redis package is not installed: Redis rows skipped"
+    server = RedisServer(executable, directory)
+    server.start()
+    version = subprocess.run([executable, "--version"], capture_output=True, text=True,
+                             check=False).stdout.split()
+    tag = next((word for word in version if word.startswith("v=")), "v=?")
+    return server, f"redis-server {tag[2:]} on {server.host}:{server.port}, persistence off"
+
+
+# ---------------------------------------------------------------------------
+
+
+def fmt(value: float) -> str:
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats, smaller batches, SQLite up to 100,000 sessions")
+    settings = Settings(parser.parse_args(argv).quick)
+    began = time.perf_counter()
+    directory = Path(tempfile.mkdtemp(prefix="generic-session-bench-"))
+    redis_server, redis_note = start_redis(directory)
+    client = None
+    try:
+        stores: dict[str, Any] = {
+            "MemoryStore": gs.MemoryStore(),
+            "SQLiteStore (file, WAL)": gs.SQLiteStore(directory / "stores.db"),
+        }
+        if redis_server is not None:
+            import redis
+
+            client = redis.Redis(host=redis_server.host, port=redis_server.port,
+                                 socket_timeout=5)
+            stores["RedisStore (loopback)"] = gs.RedisStore(client)
+
+        print(f"# generic_session store benchmark{' (--quick)' if settings.quick else ''}\n")
+        print(f"- Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+              f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs")
+        print(f"- {redis_note}")
+        print(f"- median of {settings.repeats} batches; value stored: "
+              f"{gs.encode_json('data', VALUE)} ({len(gs.encode_json('data', VALUE))} chars)\n")
+
+        print(f"## Per-operation cost (µs per operation, batches of {settings.batch}, "
+              f"{SESSIONS} sessions)\n")
+        ops: dict[str, Op] = {}
+        for name, store in stores.items():
+            ops.update(store_ops(name, store))
+        if client is not None:
+            ops["PING"] = lambda _: client.ping()
+        us = interleaved(ops, settings.batch, settings.repeats)
+        print("| store | get | set | get / PING | set / PING |")
+        print("|---|---:|---:|---:|---:|")
+        for name in stores:
+            get_us, set_us = us[f"{name} get"], us[f"{name} set"]
+            ratios = "- | -"
+            if "PING" in us and name.startswith("Redis"):
+                ratios = f"{get_us / us['PING']:.2f}x | {set_us / us['PING']:.2f}x"
+            print(f"| {name} | {fmt(get_us)} | {fmt(set_us)} | {ratios} |")
+        if "PING" in us:
+            print(f"| Redis `PING` (round-trip floor, same connection) | {fmt(us['PING'])} | - "
+                  "| 1x | - |")
+        else:
+            print("| RedisStore | skipped | skipped | - | - |")
+
+        print("\n## Requests per second of the filtered app (in-process WSGI, no network)\n")
+        print("Handler reads `n` from the session and writes `n + 1` (one store get, one set);")
+        print("each request is a direct call of the WSGI app with a copy of a prebuilt environ")
+        print("carrying the session cookie: the session + store path only, no server, no socket.\n")
+        clients = {name: AppClient(store) for name, store in stores.items()}
+        us = interleaved({name: c.request for name, c in clients.items()},
+                         settings.app_requests, settings.repeats)
+        for app_client in clients.values():
+            app_client.check()
+        print("| store | requests/s | µs/request |")
+        print("|---|---:|---:|")
+        for name in stores:
+            print(f"| {name} | {1e6 / us[name]:,.0f} | {fmt(us[name])} |")
+        if client is None:
+            print("| RedisStore | skipped | skipped |")
+
+        print("\n## SQLiteStore as it grows (µs per operation on random sessions)\n")
+        print("One file per size, filled with executemany; the sizes are timed in interleaved")
+        print("rounds. Costs include the WAL checkpoints (with fsync) that writes trigger.\n")
+        print("| stored sessions | get | set | fill time (s) | file size (MB) |")
+        print("|---:|---:|---:|---:|---:|")
+        for size, get_us, set_us, fill_seconds, megabytes in sqlite_scaling(directory, settings):
+            print(f"| {size:,} | {fmt(get_us)} | {fmt(set_us)} | {fill_seconds:.1f} "
+                  f"| {megabytes:,.0f} |")
+        print(f"\nTotal run time: {time.perf_counter() - began:.0f} s")
+    finally:
+        if client is not None:
+            client.close()
+        if redis_server is not None:
+            redis_server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,839 @@
+"""The three stores against the Store API: check_store, then what is special to each.
+
+Real backends only: SQLite files in ``tmp_path``, a real ``redis-server`` (the
+``redis_server`` fixture), real threads and real processes.  Expiry is tested
+with an injected clock wherever a store takes one, so nothing sleeps but
+``check_store`` itself (about ``expire * 1.5`` seconds per call).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generic_session import (
+    TWO_WEEKS,
+    MemoryStore,
+    RedisStore,
+    SQLiteStore,
+    StoreError,
+    check_store,
+    encode_json,
+)
+from tests.helpers import PROJECT_ROOT, RedisServer
+
+# ---------------------------------------------------------------------------
+# Helpers
+
+
+class FakeClock:
+    """A clock that moves only when told to: expiry tests without sleeping."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def run_threads(count: int, work: Callable[[int], None], timeout: float = 30.0) -> None:
+    """Run ``work(n)`` for n in range(count) in threads started together; re-raise any error."""
+    start = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def runner(n: int) -> None:
+        try:
+            start.wait(timeout)
+            work(n)
+        except BaseException as error:  # reported in the calling thread
+            errors.append(error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch often, so a missing lock shows
+    try:
+        threads = [threading.Thread(target=runner, args=(n,)) for n in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(thread.is_alive() for thread in threads), "a worker thread hung"
+    if errors:
+        raise errors[0]
+
+
+def repr_sessions(store: Any) -> int:
+    """The ``sessions=N`` count a store's repr shows."""
+    match = re.search(r"sessions=(\d+)", repr(store))
+    assert match, repr(store)
+    return int(match.group(1))
+
+
+# ---------------------------------------------------------------------------
+# Tiny dict stores: one correct, then one broken thing each, to show that
+# check_store catches each kind of mistake.
+
+
+class _Entry:
+    __slots__ = ("data", "expires_at")
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}  # key -> stored form (JSON text here)
+        self.expires_at = 0.0
+
+
+class TinyStore:
+    """A correct minimal store: a dict of sessions of JSON text, one lock, an expiry each."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[str, _Entry] = {}
+
+    # The hooks the broken stores override.
+    def _dump(self, key: str, value: Any) -> Any:
+        return encode_json(key, value)
+
+    def _load(self, stored: Any) -> Any:
+        return json.loads(stored)
+
+    def _renew(self, entry: _Entry, expire: float) -> None:
+        entry.expires_at = time.monotonic() + expire
+
+    def _live(self, id: str) -> _Entry | None:
+        entry = self._sessions.get(id)
+        if entry is not None and entry.expires_at <= time.monotonic():
+            del self._sessions[id]
+            return None
+        return entry
+
+    # The Store API.
+    def get(self, id: str, key: str, expire: float) -> Any:
+        with self._lock:
+            entry = self._live(id)
+            if entry is None:
+                return None
+            self._renew(entry, expire)
+            stored = entry.data.get(key)
+        return None if stored is None else self._load(stored)
+
+    def get_all(self, id: str, expire: float) -> dict[str, Any]:
+        with self._lock:
+            entry = self._live(id)
+            if entry is None:
+                return {}
+            self._renew(entry, expire)
+            items = list(entry.data.items())
+        return {key: self._load(stored) for key, stored in items}
+
+    def set(self, id: str, key: str, value: Any, expire: float) -> None:
+        stored = self._dump(key, value)
+        with self._lock:
+            entry = self._live(id) or _Entry()
+            entry.data[key] = stored
+            self._renew(entry, expire)
+            self._sessions[id] = entry
+
+    def delete(self, id: str, key: str, expire: float) -> None:
+        with self._lock:
+            entry = self._live(id)
+            if entry is not None:
+                self._renew(entry, expire)
+                entry.data.pop(key, None)
+
+    def delete_all(self, id: str) -> None:
+        with self._lock:
+            self._sessions.pop(id, None)
+
+    def extend(self, id: str, expire: float) -> None:
+        with self._lock:
+            entry = self._live(id)
+            if entry is not None:
+                self._renew(entry, expire)
+
+
+class LiveObjectStore(TinyStore):
+    """Keeps decoded objects and hands out the stored object itself, not a copy."""
+
+    def _dump(self, key: str, value: Any) -> Any:
+        return json.loads(encode_json(key, value))  # a private copy at least...
+
+    def _load(self, stored: Any) -> Any:
+        return stored  # ... but every get returns that same object
+
+
+class ExpiryIgnoringStore(TinyStore):
+    """Keeps every session two weeks, whatever ``expire`` says."""
+
+    def _renew(self, entry: _Entry, expire: float) -> None:
+        entry.expires_at = time.monotonic() + TWO_WEEKS
+
+
+class CreatingOnReadStore(TinyStore):
+    """Reading an unknown session creates it, stamped with its creation time."""
+
+    def _live(self, id: str) -> _Entry | None:
+        entry = super()._live(id)
+        if entry is None:
+            entry = self._sessions[id] = _Entry()
+            entry.data["created_at"] = json.dumps(time.time())
+            self._renew(entry, TWO_WEEKS)
+        return entry
+
+
+class LaxJsonStore(TinyStore):
+    """Stores anything: what JSON cannot hold is turned into its str()."""
+
+    def _dump(self, key: str, value: Any) -> Any:
+        return json.dumps(value, default=str)
+
+
+class WholeBlobStore(TinyStore):
+    """Reads the whole session, changes one key, writes the whole session back."""
+
+    def set(self, id: str, key: str, value: Any, expire: float) -> None:
+        stored = self._dump(key, value)
+        with self._lock:
+            entry = self._live(id)
+            blob = dict(entry.data) if entry is not None else {}
+        time.sleep(0)  # another request of the session runs here...
+        blob[key] = stored
+        with self._lock:
+            entry = self._live(id) or _Entry()
+            entry.data = blob  # ... and its write is lost
+            self._renew(entry, expire)
+            self._sessions[id] = entry
+
+
+class GreedyDeleteAllStore(TinyStore):
+    """delete_all empties the whole store, every session."""
+
+    def delete_all(self, id: str) -> None:
+        with self._lock:
+            self._sessions.clear()
+
+
+def test_check_store_passes_on_the_correct_tiny_store() -> None:
+    check_store(TinyStore())
+
+
+@pytest.mark.parametrize(
+    ("store_class", "message"),
+    [
+        pytest.param(
+            LiveObjectStore,
+            r"^LiveObjectStore\.get after mutating an earlier result: "
+            r"expected the stored value unchanged \(a copy\)",
+            id="get returns the live object",
+        ),
+        pytest.param(
+            ExpiryIgnoringStore,
+            r"^ExpiryIgnoringStore\.get_all \d\.\d\ds after set\(\.\.\., expire=0\.5\): "
+            r"expected \{\} \(expired\), got \{'k': 1\}",
+            id="ignores expire",
+        ),
+        pytest.param(
+            CreatingOnReadStore,
+            r"^CreatingOnReadStore\.get_all\(unknown session\): expected \{\}, "
+            r"got \{'created_at': ",
+            id="creates a session when reading an unknown one",
+        ),
+        pytest.param(
+            LaxJsonStore,
+            r"^LaxJsonStore\.set\(key, <object object at 0x[0-9a-f]+>\): expected TypeError "
+            r"for a value that is not JSON, nothing raised",
+            id="accepts values that are not JSON",
+        ),
+        pytest.param(
+            WholeBlobStore,
+            r"^WholeBlobStore\.get_all after two concurrent writers set 100 keys each: "
+            r"expected all 200 keys, got \"\d+ lost, e\.g\. \['",
+            id="whole-session blob loses concurrent writes",
+        ),
+        pytest.param(
+            GreedyDeleteAllStore,
+            r"^GreedyDeleteAllStore\.get in another session after delete_all: "
+            r"expected 'other session', got None",
+            id="delete_all deletes other sessions",
+        ),
+    ],
+)
+def test_check_store_catches_a_broken_store(store_class: type[TinyStore], message: str) -> None:
+    with pytest.raises(AssertionError, match=message):
+        check_store(store_class())
+
+
+# ---------------------------------------------------------------------------
+# check_store on the real stores
+
+
+@pytest.fixture
+def redis_url_store(redis_client: Any, redis_server: RedisServer) -> Iterator[Callable[..., Any]]:
+    """Factory: a RedisStore on the test server with its own client options; clients closed."""
+    import redis
+
+    clients: list[Any] = []
+
+    def make(prefix: str = "", **options: Any) -> RedisStore:
+        client = redis.Redis(host=redis_server.host, port=redis_server.port, **options)
+        clients.append(client)
+        return RedisStore(client, prefix=prefix)
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def test_check_store_passes_on_memory_store() -> None:
+    check_store(MemoryStore())
+
+
+def test_check_store_passes_on_sqlite_store_in_a_file(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "sessions.db")
+    check_store(store)
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "decode_responses"),
+    [
+        pytest.param("", False, id="bytes replies"),
+        pytest.param("", True, id="decoded replies"),
+        pytest.param("myapp:sessions:", False, id="with a prefix"),
+    ],
+)
+def test_check_store_passes_on_redis_store(
+    redis_url_store: Callable[..., RedisStore], redis_client: Any, prefix: str,
+    decode_responses: bool,
+) -> None:
+    store = redis_url_store(prefix, decode_responses=decode_responses, socket_timeout=5)
+    check_store(store)
+    assert redis_client.dbsize() == 0  # check_store cleans up after itself
+
+
+# ---------------------------------------------------------------------------
+# MemoryStore
+
+
+def test_memory_store_is_thread_safe_and_keeps_its_size_exact() -> None:
+    store = MemoryStore()
+    shared = "session:shared"
+
+    def work(n: int) -> None:
+        for i in range(100):
+            store.set(shared, f"t{n}-{i}", i, 3600)
+            store.set(f"session:own-{n}", f"k{i}", [n, i], 3600)
+            store.get(shared, f"t{n}-{i}", 3600)
+            if i % 10 == 0:
+                store.delete(f"session:own-{n}", f"k{i}", 3600)
+
+    run_threads(8, work)
+
+    data = store.get_all(shared, 3600)
+    assert data == {f"t{n}-{i}": i for n in range(8) for i in range(100)}
+    own = {n: store.get_all(f"session:own-{n}", 3600) for n in range(8)}
+    assert own == {n: {f"k{i}": [n, i] for i in range(100) if i % 10} for n in range(8)}
+    expected_size = len(shared) + sum(len(k) + len(encode_json(k, v)) for k, v in data.items())
+    expected_size += sum(
+        len(f"session:own-{n}") + sum(len(k) + len(encode_json(k, v)) for k, v in d.items())
+        for n, d in own.items()
+    )
+    assert f"sessions=9, size={expected_size}," in repr(store)
+
+
+def test_memory_store_reading_or_extending_an_unknown_session_creates_nothing() -> None:
+    store = MemoryStore()
+
+    assert store.get("session:nobody", "k", 60) is None
+    assert store.get_all("session:nobody", 60) == {}
+    store.extend("session:nobody", 60)
+    store.delete("session:nobody", "k", 60)
+
+    assert repr_sessions(store) == 0
+    assert "size=0," in repr(store)
+
+
+def test_memory_store_deleting_the_last_key_removes_the_session() -> None:
+    store = MemoryStore()
+    store.set("session:a", "k", 1, 60)
+
+    store.delete("session:a", "k", 60)
+
+    assert repr_sessions(store) == 0
+
+
+def test_memory_store_evicts_the_least_recently_used_session_past_max_size() -> None:
+    # Each session is id (9) + key (1) + JSON text (1) = 11 characters: five fit.
+    store = MemoryStore(max_size=55)
+    for n in range(5):
+        store.set(f"session:{n}", "k", n, 3600)
+    assert repr_sessions(store) == 5
+
+    assert store.get("session:0", "k", 3600) == 0  # touched: now the most recently used
+    store.set("session:5", "k", 5, 3600)
+
+    assert store.get("session:1", "k", 3600) is None  # the least recently used went
+    assert store.get("session:0", "k", 3600) == 0
+    assert store.get("session:5", "k", 3600) == 5
+    assert repr_sessions(store) == 5
+
+    store.set("session:6", "k", 6, 3600)  # next in line: session:2
+
+    assert store.get_all("session:2", 3600) == {}
+    assert [store.get(f"session:{n}", "k", 3600) for n in (0, 3, 4, 5, 6)] == [0, 3, 4, 5, 6]
+
+
+def test_memory_store_growing_a_session_evicts_only_what_it_must() -> None:
+    store = MemoryStore(max_size=40)
+    store.set("session:0", "k", 0, 3600)  # 11 characters
+    store.set("session:1", "k", 1, 3600)  # 11 characters
+
+    store.set("session:1", "kk", 22, 3600)  # +4: 26 of 40, everything still fits
+
+    assert store.get("session:0", "k", 3600) == 0
+    assert store.get_all("session:1", 3600) == {"k": 1, "kk": 22}
+
+
+def test_memory_store_refuses_a_session_bigger_than_max_size_and_stores_nothing() -> None:
+    store = MemoryStore(max_size=50)
+
+    with pytest.raises(StoreError, match=r"^MemoryStore: .* over max_size=50; nothing was stored"):
+        store.set("session:big", "k", "x" * 100, 60)
+    assert repr_sessions(store) == 0
+
+    store.set("session:big", "small", 1, 60)
+    with pytest.raises(StoreError, match=r"with key 'huge', over max_size=50"):
+        store.set("session:big", "huge", "x" * 100, 60)
+    assert store.get_all("session:big", 60) == {"small": 1}
+    assert "size=17," in repr(store)  # id 11 + key 5 + "1" 1: the small session only
+
+
+def test_memory_store_sessions_expire_on_the_injected_clock() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    store.set("session:a", "k", 1, 10)
+
+    clock.advance(9.9)
+    assert store.get("session:a", "k", 10) == 1  # and renewed for 10 more seconds
+    clock.advance(9.9)
+    store.extend("session:a", 10)
+    clock.advance(9.9)
+    assert store.get_all("session:a", 10) == {"k": 1}
+
+    clock.advance(10)
+    assert store.get("session:a", "k", 10) is None
+    assert repr_sessions(store) == 0  # the expired session was dropped when read
+
+    store.set("session:a", "new", 2, 10)
+    assert store.get_all("session:a", 10) == {"new": 2}  # nothing old came back
+
+
+def test_memory_store_caps_expiry_at_max_age() -> None:
+    clock = FakeClock()
+    store = MemoryStore(max_age=60, clock=clock)
+    store.set("session:a", "k", 1, 3600)
+
+    clock.advance(59.9)
+    assert store.get("session:a", "k", 3600) == 1
+    clock.advance(60)
+
+    assert store.get("session:a", "k", 3600) is None
+
+
+BAD_MEMORY_OPTIONS = [
+    ("max_size", 0, r"^max_size must be a number of characters > 0, got 0$"),
+    ("max_size", -5, r"^max_size must be .* got -5$"),
+    ("max_size", 1.5, r"^max_size must be .* got 1\.5$"),
+    ("max_size", True, r"^max_size must be .* got True$"),
+    ("max_size", "100", r"^max_size must be .* got '100'$"),
+    ("max_age", 0, r"^max_age must be a number of seconds > 0\b.*, got 0$"),
+    ("max_age", -1, r"^max_age must be .* got -1$"),
+    ("max_age", float("inf"), r"^max_age must be .* got inf$"),
+    ("max_age", float("nan"), r"^max_age must be .* got nan$"),
+    ("max_age", "60", r"^max_age must be a number of seconds > 0\b.*, got str$"),
+]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [pytest.param(*case, id=f"{case[0]}={case[1]!r}") for case in BAD_MEMORY_OPTIONS],
+)
+def test_memory_store_bad_options_raise_value_error_naming_the_option(
+    option: str, value: Any, message: str
+) -> None:
+    options: dict[str, Any] = {option: value}
+    with pytest.raises(ValueError, match=message):
+        MemoryStore(**options)
+
+
+# ---------------------------------------------------------------------------
+# SQLiteStore
+
+
+def sqlite_rows(path: Path, sql: str, *args: Any) -> Any:
+    """Run one query on a separate connection, as another program reading the file would."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+def run_python(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a Python snippet in a new interpreter that can import generic_session."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_sqlite_store_keeps_sessions_across_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    before = SQLiteStore(path)
+    before.set("session:a", "user", {"name": "Zoë", "roles": ["admin"], "age": 42.5}, 3600)
+    before.set("session:a", "flag", True, 3600)
+    before.close()
+
+    after = SQLiteStore(path)
+
+    assert after.get_all("session:a", 3600) == {
+        "user": {"name": "Zoë", "roles": ["admin"], "age": 42.5},
+        "flag": True,
+    }
+    assert repr(after) == f"SQLiteStore({str(path)!r}, sessions=1)"
+
+
+def test_sqlite_store_shares_sessions_between_processes(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    script = (
+        "import os, sys\n"
+        "from generic_session import SQLiteStore\n"
+        "SQLiteStore(sys.argv[1]).set('session:a', 'written_by', os.getpid(), 3600)\n"
+        "print(os.getpid())\n"
+    )
+
+    child = run_python(script, str(path))
+
+    assert child.returncode == 0, child.stderr
+    assert SQLiteStore(path).get("session:a", "written_by", 3600) == int(child.stdout)
+
+
+def test_sqlite_store_runs_the_file_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    SQLiteStore(path).set("session:a", "k", 1, 60)
+
+    assert sqlite_rows(path, "PRAGMA journal_mode") == [("wal",)]
+
+
+@pytest.mark.parametrize("path", [":memory:", "", "file:sessions?mode=memory&cache=shared"])
+def test_sqlite_store_refuses_an_in_memory_database_and_suggests_memory_store(path: str) -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"^SQLiteStore needs a file path, got .*: an in-memory database is private to one "
+        r"connection, and this store opens one per thread; use MemoryStore for sessions in "
+        r"memory$",
+    ):
+        SQLiteStore(path)
+
+
+def test_sqlite_store_expired_sessions_read_as_empty_and_set_does_not_resurrect_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sessions.db"
+    clock = FakeClock()
+    store = SQLiteStore(path, clock=clock)
+    store.set("session:a", "old", 1, 10)
+    store.set("session:a", "older", 2, 10)
+
+    clock.advance(9.9)
+    assert store.get("session:a", "old", 10) == 1  # renewed for 10 more seconds
+    clock.advance(9.9)
+    assert store.get_all("session:a", 10) == {"old": 1, "older": 2}
+    clock.advance(10)
+
+    assert store.get("session:a", "old", 10) is None
+    assert store.get_all("session:a", 10) == {}
+    store.extend("session:a", 10)  # too late: extend renews live sessions only
+    assert store.get_all("session:a", 10) == {}
+    assert repr_sessions(store) == 0
+
+    store.set("session:a", "new", 3, 10)
+
+    assert store.get_all("session:a", 10) == {"new": 3}
+    assert sqlite_rows(path, "SELECT key FROM session_data WHERE id = 'session:a'") == [("new",)]
+
+
+def test_sqlite_store_sweeps_at_most_sweep_batch_expired_sessions_per_write(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sessions.db"
+    clock = FakeClock()
+    store = SQLiteStore(path, sweep_every=1, sweep_batch=10, clock=clock)
+    for n in range(50):
+        store.set(f"old:{n:02d}", "a", n, 60)
+        store.set(f"old:{n:02d}", "b", n, 60)
+    clock.advance(61)
+
+    def old_rows() -> tuple[int, int]:
+        [(sessions,)] = sqlite_rows(path, "SELECT count(*) FROM session_expiry WHERE id >= 'old:'"
+                                    " AND id < 'old;'")
+        [(data,)] = sqlite_rows(path, "SELECT count(*) FROM session_data WHERE id >= 'old:'"
+                                " AND id < 'old;'")
+        return sessions, data
+
+    counts = [old_rows()]
+    for n in range(7):
+        store.set(f"new:{n}", "k", n, 60)
+        counts.append(old_rows())
+
+    assert counts == [(50, 100), (40, 80), (30, 60), (20, 40), (10, 20), (0, 0), (0, 0), (0, 0)]
+    orphans = sqlite_rows(
+        path, "SELECT count(*) FROM session_data WHERE id NOT IN (SELECT id FROM session_expiry)"
+    )
+    assert orphans == [(0,)]
+    assert store.get_all("new:6", 60) == {"k": 6}  # the live sessions were left alone
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("sweep_every", 0), ("sweep_every", -1), ("sweep_batch", 0), ("sweep_batch", -1)],
+)
+def test_sqlite_store_bad_sweep_options_raise_value_error_naming_the_option(
+    tmp_path: Path, option: str, value: int
+) -> None:
+    options: dict[str, Any] = {option: value}
+    with pytest.raises(ValueError, match=rf"^{option} must be"):
+        SQLiteStore(tmp_path / "sessions.db", **options)
+
+
+def test_sqlite_store_without_a_usable_file_raises_store_error_naming_store_and_path(
+    tmp_path: Path,
+) -> None:
+    missing_dir = tmp_path / "no-such-dir" / "sessions.db"
+
+    with pytest.raises(StoreError, match=r"^SQLiteStore at '.*/no-such-dir/sessions\.db': open "
+                       r"failed: unable to open database file$") as raised:
+        SQLiteStore(missing_dir)
+
+    assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+    assert not missing_dir.parent.exists()
+
+
+def test_sqlite_store_on_a_directory_raises_store_error_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+
+    with pytest.raises(StoreError, match=rf"^SQLiteStore at {re.escape(repr(str(directory)))}: "
+                       r"open failed: unable to open database file$"):
+        SQLiteStore(directory)
+
+    assert list(directory.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-directory"]
+
+
+def test_sqlite_store_opening_a_new_file_waits_for_another_writer(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    # Another process in the middle of its first write to the new file (rollback journal).
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    finish = threading.Timer(0.2, other.execute, ("COMMIT",))
+    finish.start()
+    try:
+        store = SQLiteStore(path, timeout=10)  # should wait for the lock, as writes do
+
+        store.set("session:a", "k", 1, 60)
+        assert store.get("session:a", "k", 60) == 1
+    finally:
+        finish.join()
+        other.close()
+
+
+def test_sqlite_store_shared_by_threads_keeps_every_write(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "sessions.db")
+
+    def work(n: int) -> None:
+        for i in range(40):
+            store.set("session:shared", f"t{n}-{i}", i, 3600)
+            store.set(f"session:own-{n}", f"k{i}", i, 3600)
+        store.close()  # this thread's connection
+
+    run_threads(6, work)
+
+    assert store.get_all("session:shared", 3600) == {
+        f"t{n}-{i}": i for n in range(6) for i in range(40)
+    }
+    assert all(len(store.get_all(f"session:own-{n}", 3600)) == 40 for n in range(6))
+
+
+WRITER_SCRIPT = """
+import sys
+from generic_session import SQLiteStore
+
+path, label, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+store = SQLiteStore(path)
+print("ready", flush=True)
+sys.stdin.readline()  # wait for "go", so all the writers write at once
+for n in range(count):
+    store.set("session:shared", f"{label}{n}", n, 3600)
+print("done", flush=True)
+"""
+
+
+def test_sqlite_store_keeps_every_write_of_several_processes_writing_one_session(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sessions.db"  # new: the writers create it together
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER_SCRIPT, str(path), f"p{n}-", "50"],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    try:
+        for writer in writers:
+            assert writer.stdout is not None
+            if writer.stdout.readline() != "ready\n":
+                pytest.fail(f"a writer did not start: {writer.communicate(timeout=30)[1]}")
+        for writer in writers:
+            assert writer.stdin is not None
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+        results = [writer.communicate(timeout=60) for writer in writers]
+    finally:
+        for writer in writers:
+            if writer.poll() is None:
+                writer.kill()
+                writer.wait()
+
+    for writer, (out, err) in zip(writers, results, strict=True):
+        assert (writer.returncode, out) == (0, "done\n"), err
+    assert SQLiteStore(path).get_all("session:shared", 3600) == {
+        f"p{n}-{i}": i for n in range(4) for i in range(50)
+    }
+
+
+# ---------------------------------------------------------------------------
+# RedisStore
+
+
+def test_redis_store_keeps_each_session_as_one_hash_of_json_text_with_a_ttl(
+    redis_client: Any,
+) -> None:
+    store = RedisStore(redis_client, prefix="app:")
+    value = {"name": "Zoë", "tags": ["a", 1, None], "ok": True}
+
+    store.set("session:a", "user", value, 30)
+    store.set("session:a", "count", 3, 30)
+
+    assert redis_client.keys("*") == [b"app:session:a"]
+    assert redis_client.type("app:session:a") == b"hash"
+    assert 0 < redis_client.pttl("app:session:a") <= 30_000
+    assert redis_client.hgetall("app:session:a") == {
+        b"user": '{"name":"Zoë","tags":["a",1,null],"ok":true}'.encode(),
+        b"count": b"3",
+    }
+    assert store.get("session:a", "user", 30) == value
+
+
+def test_redis_store_every_operation_renews_the_ttl(redis_client: Any) -> None:
+    store = RedisStore(redis_client)
+    store.set("session:a", "k", 1, 1)
+    assert 0 < redis_client.pttl("session:a") <= 1000
+
+    store.get("session:a", "k", 60)
+    assert 1000 < redis_client.pttl("session:a") <= 60_000
+
+    store.get_all("session:a", 1)
+    assert 0 < redis_client.pttl("session:a") <= 1000
+
+    store.extend("session:a", 120)
+    assert 60_000 < redis_client.pttl("session:a") <= 120_000
+
+
+def test_redis_store_reading_an_unknown_session_creates_no_key(redis_client: Any) -> None:
+    store = RedisStore(redis_client, prefix="app:")
+
+    assert store.get("session:nobody", "k", 60) is None
+    assert store.get_all("session:nobody", 60) == {}
+    store.extend("session:nobody", 60)
+    store.delete("session:nobody", "k", 60)
+
+    assert redis_client.dbsize() == 0
+
+
+def test_redis_store_deleting_the_last_key_or_all_removes_the_hash(redis_client: Any) -> None:
+    store = RedisStore(redis_client)
+    store.set("session:a", "k", 1, 60)
+    store.set("session:b", "k", 1, 60)
+
+    store.delete("session:a", "k", 60)
+    store.delete_all("session:b")
+
+    assert redis_client.dbsize() == 0
+
+
+def test_redis_store_raises_store_error_while_redis_is_down_and_recovers_after(
+    redis_server: RedisServer, redis_client: Any
+) -> None:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = redis.Redis(
+        host=redis_server.host,
+        port=redis_server.port,
+        socket_timeout=1,
+        socket_connect_timeout=1,
+        retry=Retry(NoBackoff(), 0),  # fail at once: no retries
+    )
+    store = RedisStore(client)
+    address = re.escape(f"RedisStore at 127.0.0.1:{redis_server.port}: ")
+    try:
+        store.set("session:a", "k", "before", 60)
+        assert store.get("session:a", "k", 60) == "before"
+
+        redis_server.stop()
+
+        with pytest.raises(StoreError, match=rf"^{address}set failed: ConnectionError: ") as set_:
+            store.set("session:a", "k", "during", 60)
+        assert isinstance(set_.value.__cause__, redis.exceptions.ConnectionError)
+        with pytest.raises(StoreError, match=rf"^{address}get failed: ConnectionError: ") as get:
+            store.get("session:a", "k", 60)
+        assert isinstance(get.value.__cause__, redis.exceptions.ConnectionError)
+        with pytest.raises(StoreError, match=rf"^{address}delete_all failed: "):
+            store.delete_all("session:a")
+
+        redis_server.start()  # same port; its data is gone (no persistence)
+
+        store.set("session:a", "k", "after", 60)
+        assert store.get_all("session:a", 60) == {"k": "after"}
+    finally:
+        redis_server.start()  # no-op when running: later tests need it
+        client.close()
