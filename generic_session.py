@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import calendar
 import copy
+import hashlib
 import hmac
 import html
 import json
@@ -101,9 +102,20 @@ class StoreError(SessionError):
 _HASHES = ("sha1", "sha256", "sha384", "sha512")
 
 
-def _b64url(digest: bytes) -> str:
-    """Base64url without padding, as keygrip turns ``+/=`` into ``-_`` and nothing."""
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+def _keyed(key: bytes, algorithm: str) -> tuple[Any, Any]:
+    """The inner and outer hashes of HMAC (RFC 2104) with ``key`` already fed in.
+
+    This is what ``hmac`` does inside; keeping them and copying them per signature
+    costs half of ``hmac.digest``, which keys both hashes again on every call.
+    The tests check the result against ``hmac`` and against Node's vectors.
+    """
+    block = hashlib.new(algorithm).block_size
+    if len(key) > block:
+        key = hashlib.new(algorithm, key).digest()
+    key = key.ljust(block, b"\0")
+    inner = hashlib.new(algorithm, bytes(byte ^ 0x36 for byte in key))
+    outer = hashlib.new(algorithm, bytes(byte ^ 0x5C for byte in key))
+    return inner, outer
 
 
 def _as_bytes(text: str | bytes) -> bytes:
@@ -120,7 +132,7 @@ class Keygrip:
         bytes, or an unknown algorithm.
     """
 
-    __slots__ = ("_keys", "algorithm")
+    __slots__ = ("_hmacs", "algorithm")
 
     def __init__(self, keys: Sequence[str | bytes], algorithm: str = "sha1") -> None:
         if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
@@ -136,19 +148,25 @@ class Keygrip:
                 raise ValueError(f"keys[{index}] is empty: a signing key must be a secret")
         if algorithm not in _HASHES:
             raise ValueError(f"algorithm must be one of {', '.join(_HASHES)}, got {algorithm!r}")
-        self._keys = tuple(_as_bytes(key) for key in keys)
+        self._hmacs = tuple(_keyed(_as_bytes(key), algorithm) for key in keys)
         self.algorithm = algorithm
 
     def __repr__(self) -> str:
         # Never show the keys themselves.
-        return f"Keygrip(<{len(self._keys)} keys>, algorithm={self.algorithm!r})"
+        return f"Keygrip(<{len(self._hmacs)} keys>, algorithm={self.algorithm!r})"
 
-    def _sign_with(self, key: bytes, data: bytes) -> str:
-        return _b64url(hmac.digest(key, data, self.algorithm))
+    @staticmethod
+    def _sign_with(keyed: tuple[Any, Any], data: bytes) -> bytes:
+        """HMAC(key, data) from the key's prepared hashes, in base64url without padding
+        (keygrip turns ``+/=`` into ``-_`` and nothing)."""
+        inner, outer = keyed[0].copy(), keyed[1].copy()
+        inner.update(data)
+        outer.update(inner.digest())
+        return base64.urlsafe_b64encode(outer.digest()).rstrip(b"=")
 
     def sign(self, data: str | bytes) -> str:
         """Return the signature of ``data`` made with the newest key, ``keys[0]``."""
-        return self._sign_with(self._keys[0], _as_bytes(data))
+        return self._sign_with(self._hmacs[0], _as_bytes(data)).decode("ascii")
 
     def index(self, data: str | bytes, digest: str) -> int:
         """Return the index of the key that signed ``data`` as ``digest``, or -1.
@@ -158,8 +176,8 @@ class Keygrip:
         """
         payload = _as_bytes(data)
         given = digest.encode("utf-8", "replace")  # any text: a cookie is untrusted
-        for position, key in enumerate(self._keys):
-            if hmac.compare_digest(self._sign_with(key, payload).encode("ascii"), given):
+        for position, keyed in enumerate(self._hmacs):
+            if hmac.compare_digest(self._sign_with(keyed, payload), given):
                 return position
         return -1
 
@@ -230,6 +248,32 @@ def _parse_cookie_header(header: str) -> dict[str, str]:
     return jar
 
 
+def _attribute_suffix(name: str, path: str, date: str | None, domain: str | None,
+                      samesite: str | None, secure: bool, httponly: bool) -> str:
+    """``; path=/; expires=...; domain=...; samesite=lax; secure; httponly``, checked.
+
+    :raises ValueError: for a path or domain that would add attributes or split
+        the header, or an unknown samesite.
+    """
+    if _UNSAFE_ATTRIBUTE.search(path) or (domain is not None and _UNSAFE_ATTRIBUTE.search(domain)):
+        raise ValueError(f"path and domain of cookie {name!r} may not hold ';' or control "
+                         f"characters, got path={path!r}, domain={domain!r}")
+    suffix = f"; path={path}"
+    if date is not None:
+        suffix += f"; expires={date}"
+    if domain is not None:
+        suffix += f"; domain={domain}"
+    if samesite is not None:
+        if samesite.lower() not in _SAMESITE:
+            raise ValueError(f"samesite must be 'Lax', 'Strict', 'None' or None, got {samesite!r}")
+        suffix += f"; samesite={_SAMESITE[samesite.lower()]}"
+    if secure:
+        suffix += "; secure"
+    if httponly:
+        suffix += "; httponly"
+    return suffix
+
+
 def _environ_of(request: Any) -> Environ:
     """Return the WSGI environ of ``request``: the dict itself or its ``.environ``."""
     if isinstance(request, dict):
@@ -243,17 +287,19 @@ def _environ_of(request: Any) -> Environ:
     )
 
 
-def _header_sink(response: Any) -> Callable[[str], None]:
-    """Return a function that adds one ``Set-Cookie`` header to ``response``."""
+def _header_sink(response: Any) -> Callable[[str, str], None]:
+    """Return ``emit(cookie_name, header)``, adding one ``Set-Cookie`` header to ``response``."""
+    if isinstance(response, _DeferredStart):  # the filter's: keeps the last header per cookie
+        return response.cookies.__setitem__
     if isinstance(response, list):
         append = response.append
-        return lambda value: append(("Set-Cookie", value))
+        return lambda _, value: append(("Set-Cookie", value))
     add_header = getattr(response, "add_header", None)  # Bottle
     if callable(add_header):
-        return lambda value: add_header("Set-Cookie", value)
+        return lambda _, value: add_header("Set-Cookie", value)
     add = getattr(getattr(response, "headers", None), "add", None)  # WebOb, Werkzeug
     if callable(add):
-        return lambda value: add("Set-Cookie", value)
+        return lambda _, value: add("Set-Cookie", value)
     raise TypeError(
         "response must be a list of WSGI header tuples, an object with add_header(name, value) "
         "(Bottle) or with .headers.add(name, value) (WebOb, Werkzeug), "
@@ -379,47 +425,32 @@ class Cookies:
         """
         if not _COOKIE_NAME.fullmatch(name):
             raise ValueError(f"cookie name {name!r} is not an RFC 6265 token")
-        date: str | None
+        if value is not None and not _COOKIE_VALUE.fullmatch(value):
+            raise ValueError(f"value of cookie {name!r} has characters not allowed in a cookie")
         if value is None:
-            value, date = "", _EPOCH_DATE
+            date: str | None = _EPOCH_DATE
         else:
-            if not _COOKIE_VALUE.fullmatch(value):
-                raise ValueError(f"value of cookie {name!r} has characters not allowed in a cookie")
             date = None if expires is None else _http_date(_expires_seconds(expires))
-        if _UNSAFE_ATTRIBUTE.search(path) or (domain is not None
-                                                and _UNSAFE_ATTRIBUTE.search(domain)):
-            raise ValueError(f"path and domain of cookie {name!r} may not hold ';' or control "
-                             f"characters, got path={path!r}, domain={domain!r}")
-        header = f"{name}={value}; path={path}"
-        if date is not None:
-            header += f"; expires={date}"
-        if domain is not None:
-            header += f"; domain={domain}"
-        if samesite is not None:
-            if samesite.lower() not in _SAMESITE:
-                raise ValueError(
-                    f"samesite must be 'Lax', 'Strict', 'None' or None, got {samesite!r}")
-            header += f"; samesite={_SAMESITE[samesite.lower()]}"
-        if secure:
-            header += "; secure"
-        if httponly:
-            header += "; httponly"
-        self._emit(header)
-        if signed is None:
-            signed = self.keys is not None
+        suffix = _attribute_suffix(name, path, date, domain, samesite, secure, httponly)
+        self._send(name, value, suffix, self._keys is not None if signed is None else signed)
+
+    def _send(self, name: str, value: str | None, suffix: str, signed: bool) -> None:
+        """Emit checked ``name=value`` with its attributes, and ``name.sig`` when signed.
+
+        The session's hot path comes here directly, with a suffix made once a second.
+        """
+        self._emit(name, f"{name}={value or ''}{suffix}")
         if not signed:
             return
         keys = self._keygrip(name)
         data = f"{name}={value}"
-        signature: str | None
-        if date == _EPOCH_DATE:
-            signature = None  # clearing the cookie clears its signature too
+        if value is None:
+            signature = ""  # clearing the cookie clears its signature too
         elif self._verified[0] == data:
             signature = self._verified[1]  # verified with keys[0] just now: same HMAC
         else:
             signature = keys.sign(data)
-        self.set(name + ".sig", signature, expires=expires, path=path, domain=domain,
-                 samesite=samesite, secure=secure, httponly=httponly, signed=False)
+        self._emit(name + ".sig", f"{name}.sig={signature}{suffix}")
 
 
 # ============================================================================
@@ -468,6 +499,8 @@ def encode_json(key: str, value: Any) -> str:
     anything but dict, list, str, int, finite float, bool and None.  (Tuples
     become lists and non-str dict keys become strings, as ``json`` does.)
     """
+    if type(value) is int:  # the commonest value (a counter, an id): its repr is its JSON
+        return int.__repr__(value)
     try:
         return _ENCODER.encode(value)
     except (TypeError, ValueError) as error:
@@ -477,9 +510,20 @@ def encode_json(key: str, value: Any) -> str:
         ) from None
 
 
+_DECODER = json.JSONDecoder()
+
+
 def decode_json(text: str | bytes) -> Any:
     """Return the value stored as JSON ``text`` (a fresh object on every call)."""
-    return json.loads(text)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    # raw_decode skips json.loads' whitespace handling, a third of its cost; text
+    # that is not exactly one compact JSON value goes the long way (and its errors).
+    try:
+        value, end = _DECODER.raw_decode(text)
+    except json.JSONDecodeError:
+        end = -1
+    return value if end == len(text) else json.loads(text)
 
 
 #: The longest expiry: 400 days, where browsers cap a cookie's lifetime (RFC 6265bis).
@@ -586,7 +630,7 @@ class MemoryStore:
                 return None
             self._renew(entry, now, expire)
             text = entry.data.get(key)
-        return None if text is None else json.loads(text)
+        return None if text is None else decode_json(text)
 
     def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
         """Return a copy of all the session's data."""
@@ -597,14 +641,16 @@ class MemoryStore:
                 return {}
             self._renew(entry, now, expire)
             items = list(entry.data.items())
-        return {key: json.loads(text) for key, text in items}
+        return {key: decode_json(text) for key, text in items}
 
     def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
         """Store ``value`` under ``key``; evict least recently used sessions if full."""
         text = encode_json(key, value)
         now = self._clock()
         with self._lock:
-            entry = self._live(id, now) or _MemoryEntry(len(id))
+            entry = self._live(id, now)
+            if entry is None:
+                entry = _MemoryEntry(len(id))
             old = entry.data.get(key)
             size = entry.size + len(key) + len(text)
             if old is not None:
@@ -615,10 +661,11 @@ class MemoryStore:
                     f"over max_size={self.max_size}; nothing was stored"
                 )
             entry.data[key] = text
-            entry.size = size
             self._renew(entry, now, expire)
-            # Setting it again records the new size, and evicts other sessions if needed.
-            self._cache[id] = entry
+            if size != entry.size or old is None:
+                entry.size = size
+                # Setting it (again) records the size, and evicts other sessions if needed.
+                self._cache[id] = entry
 
     def delete(self, id: SessionId, key: str, expire: float) -> None:
         """Remove ``key`` from the session."""
@@ -786,7 +833,7 @@ class SQLiteStore:
             row = db.execute(
                 "SELECT value FROM session_data WHERE id = ? AND key = ?", (id, key)
             ).fetchone()
-        return None if row is None else json.loads(row[0])
+        return None if row is None else decode_json(row[0])
 
     def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
         """Return a copy of all the session's data."""
@@ -795,7 +842,7 @@ class SQLiteStore:
             if not db.execute(_SQL_RENEW, (now + expire, id, now)).rowcount:
                 return {}
             rows = db.execute("SELECT key, value FROM session_data WHERE id = ?", (id,)).fetchall()
-        return {key: json.loads(value) for key, value in rows}
+        return {key: decode_json(value) for key, value in rows}
 
     def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
         """Store ``value`` under ``key``: one upsert of one row, and the expiry."""
@@ -951,7 +998,7 @@ class RedisStore:
         """Return a copy of the value of ``key``, or None (HGET + PEXPIRE)."""
         name = self.prefix + id
         value = self._run("get", lambda p: p.hget(name, key).pexpire(name, self._ms(expire)))[0]
-        return None if value is None else json.loads(value)
+        return None if value is None else decode_json(value)
 
     def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
         """Return a copy of all the session's data (HGETALL + PEXPIRE)."""
@@ -959,7 +1006,7 @@ class RedisStore:
         fields = self._run(
             "get_all", lambda p: p.hgetall(name).pexpire(name, self._ms(expire))
         )[0]
-        return {_text(field): json.loads(value) for field, value in fields.items()}
+        return {_text(field): decode_json(value) for field, value in fields.items()}
 
     def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
         """Store ``value`` under ``key`` (HSET + PEXPIRE)."""
@@ -1171,7 +1218,7 @@ _CONTROL_OR_SEPARATOR = re.compile(r"[\x00-\x20\x7f;=,\"\\]")
 class _Config:
     """The options of a session, checked once; shared by every request of a filter."""
 
-    __slots__ = ("clock", "cookie_name", "domain", "expire", "id_prefix", "keygrip",
+    __slots__ = ("_suffix", "clock", "cookie_name", "domain", "expire", "id_prefix", "keygrip",
                  "samesite", "secure")
 
     def __init__(
@@ -1222,6 +1269,18 @@ class _Config:
         self.samesite = samesite
         self.domain = domain
         self.clock = clock
+        self._suffix: tuple[int, bool, str] = (-1, False, "")
+
+    def suffix(self, secure: bool) -> str:
+        """The cookie's attributes with an expiry ``expire`` from now; made once a second."""
+        expires = int(self.clock() + self.expire)
+        cached = self._suffix
+        if cached[0] == expires and cached[1] is secure:
+            return cached[2]
+        text = _attribute_suffix(self.cookie_name, "/", _http_date(expires), self.domain,
+                                 self.samesite, secure, True)
+        self._suffix = (expires, secure, text)  # one tuple, swapped whole: safe across threads
+        return text
 
 
 _OPTIONS = ("keys", "expire", "cookie_name", "id_prefix", "secure", "samesite", "domain", "clock")
@@ -1291,7 +1350,11 @@ class GenericSession:
               config: _Config) -> GenericSession:
         """A session that reads its cookie and sends one only when first used (the filter's)."""
         session = cls.__new__(cls)
-        session._setup(environ, response, store, config)
+        # Only what the cookies need, not the environ itself: the environ holds the
+        # session, and that cycle would leave every request to the garbage collector.
+        needed = {"HTTP_COOKIE": environ.get("HTTP_COOKIE", ""),
+                  "wsgi.url_scheme": environ.get("wsgi.url_scheme")}
+        session._setup(needed, response, store, config)
         return session
 
     def _start(self) -> None:
@@ -1314,8 +1377,11 @@ class GenericSession:
         config = self._config
         self._token = token
         self._id = config.id_prefix + token
-        self.cookies.set(config.cookie_name, token, expires=config.clock() + config.expire,
-                         **self._attributes())
+        cookies = self.cookies
+        secure = cookies.is_https if config.secure is None else config.secure
+        # Name, token and attributes were all checked already: no Cookies.set needed.
+        cookies._send(config.cookie_name, token, config.suffix(secure),
+                      config.keygrip is not None)
 
     def _attributes(self) -> dict[str, Any]:
         """The cookie's attributes, the same whether it is sent or cleared."""
@@ -1401,20 +1467,25 @@ class GenericSession:
         """Return the value stored under ``key`` (a copy), or None; no key: :meth:`get_all`."""
         if key is None:
             return self.get_all(callback=callback)
-        return self._run(callback, lambda: self.store.get(self.id, _check_key(key), self.expire))
+        if callback is not None:
+            return self._run(callback, lambda: self.get(key))
+        return self.store.get(self.id, _check_key(key), self.expire)
 
     def get_all(self, *, callback: Callback | None = None) -> dict[str, Any]:
         """Return all the session's data as a new dict."""
-        result: dict[str, Any] = self._run(
-            callback, lambda: self.store.get_all(self.id, self.expire))
-        return result
+        if callback is not None:
+            return self._run(callback, self.get_all)  # type: ignore[no-any-return]
+        return self.store.get_all(self.id, self.expire)
 
     def set(self, key: str, value: Any = None, *, callback: Callback | None = None) -> None:
         """Store ``value`` (JSON-serialisable; None by default) under ``key``.
 
         :raises TypeError: for a value that is not JSON, naming the key; nothing is stored.
         """
-        self._run(callback, lambda: self.store.set(self.id, _check_key(key), value, self.expire))
+        if callback is not None:
+            self._run(callback, lambda: self.set(key, value))
+        else:
+            self.store.set(self.id, _check_key(key), value, self.expire)
 
     def delete(self, key: str | None = None, *, callback: Callback | None = None) -> None:
         """Remove ``key``.  Beware: with no key this is :meth:`delete_all`, as in Node."""
@@ -1488,7 +1559,9 @@ class _DeferredStart:
     def __init__(self, start_response: Callable[..., Any]) -> None:
         self._start_response = start_response
         self._write: Callable[[bytes], object] | None = None
-        self.cookies: list[tuple[str, str]] = []  # the session's Set-Cookie headers
+        # The session's Set-Cookie headers by cookie name: a cookie sent twice (a
+        # destroy after a start, say) goes out once, as it was last set.
+        self.cookies: dict[str, str] = {}
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.exc_info: Any = None
@@ -1508,7 +1581,7 @@ class _DeferredStart:
             raise RuntimeError("the WSGI app returned without calling start_response")
         headers = self.headers
         if self.cookies:
-            headers = [*headers, *_last_per_cookie(self.cookies)]
+            headers = [*headers, *(("Set-Cookie", value) for value in self.cookies.values())]
         self._write = self._start_response(self.status, headers, self.exc_info)
 
     def write(self, data: bytes) -> None:
@@ -1546,14 +1619,6 @@ def _unavailable(error: StoreError, environ: Environ,
     return [_UNAVAILABLE]
 
 
-def _last_per_cookie(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Keep the last Set-Cookie of each cookie name (a destroy after a start, say)."""
-    last: dict[str, tuple[str, str]] = {}
-    for header in headers:
-        last[header[1].partition("=")[0]] = header
-    return list(last.values())
-
-
 def filter(store: Store, **options: Any) -> Callable[[WSGIApp], WSGIApp]:
     """Return ``wrap(app)``: WSGI middleware giving each request a :class:`GenericSession`.
 
@@ -1576,7 +1641,7 @@ def filter(store: Store, **options: Any) -> Callable[[WSGIApp], WSGIApp]:
     def wrap(app: WSGIApp) -> WSGIApp:
         def session_app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
             response = _DeferredStart(start_response)
-            session = lazy(environ, response.cookies, store, config)
+            session = lazy(environ, response, store, config)
             environ["generic_session"] = session
             environ["bottle.request.ext.session"] = session  # bottle.request.session
             try:

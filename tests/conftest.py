@@ -1,0 +1,101 @@
+"""Shared pytest fixtures: a real redis-server, a Redis client, server.py runner.
+
+Helper functions (``free_port``, ``wait_for_port``, ...) live in
+``tests/helpers.py`` and are re-exported here for convenience; import them in
+test modules with ``from tests.helpers import free_port``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.helpers import (
+    PROJECT_ROOT,
+    RedisServer,
+    ServerProcess,
+    free_port,
+    wait_for_port,
+)
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["PROJECT_ROOT", "free_port", "wait_for_port"]
+
+REDIS_MISSING = "redis-server not installed: apt-get install redis-server"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of our own on a free loopback port, for the whole session.
+
+    Persistence is off and its working dir is a temp dir, so nothing leaks. It
+    has ``.host``, ``.port``, ``.url`` and ``.stop()`` / ``.start()`` (restart
+    on the same port) for outage tests. Skipped when redis-server is not
+    installed, except on CI (``CI=true``), where that is an error: CI must run
+    the Redis tests.
+    """
+    executable = shutil.which("redis-server")
+    if executable is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(REDIS_MISSING)
+        pytest.skip(REDIS_MISSING)
+    server = RedisServer(executable, tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A ``redis.Redis`` on the test server, with an empty database.
+
+    Restarts the server first if an earlier test stopped it and did not start it
+    again, so one failed outage test does not fail every later Redis test.
+    """
+    import redis  # only the Redis tests need the package
+
+    redis_server.start()  # no-op when running
+    client = redis.Redis(
+        host=redis_server.host,
+        port=redis_server.port,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+    )
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def run_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Factory starting ``server.py`` as a real process; returns its base URL.
+
+    ``run_server(store=None, env=None)``: *store* is a ``--store`` value
+    (default: the server's default, memory), *env* extra environment variables
+    (e.g. ``{"SESSION_KEYS": "k1,k2"}``). Waits until the port answers; every
+    server started is stopped after the test. Output goes to
+    ``tmp_path/server-N.log``.
+    """
+    started: list[ServerProcess] = []
+
+    def start(store: str | None = None, env: Mapping[str, str] | None = None) -> str:
+        log_path = tmp_path / f"server-{len(started)}.log"
+        server = ServerProcess(store=store, env=env, log_path=log_path)
+        started.append(server)
+        return server.url
+
+    yield start
+
+    for server in started:
+        server.stop()

@@ -1,0 +1,252 @@
+"""Helpers shared by the tests: free ports, waiting for servers, child processes.
+
+Plain functions and classes (no pytest magic) so they can also be used from a
+notebook or a benchmark; the fixtures in ``conftest.py`` are thin wrappers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+#: The repository root: where server.py, client.py and generic_session.py live.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+LOOPBACK = "127.0.0.1"
+
+#: Interval between two polls; short so waiting costs little, long enough
+#: not to spin.
+POLL_INTERVAL = 0.05
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """Return a TCP port that is free on *host* right now.
+
+    The OS picks it (bind to port 0). Another process could take it before the
+    caller binds it, a small race the callers accept (or retry on).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_open(host: str, port: int) -> bool:
+    """Tell whether something accepts TCP connections on *host*:*port*."""
+    try:
+        with socket.create_connection((host, port), timeout=POLL_INTERVAL * 4):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(
+    host: str,
+    port: int,
+    timeout: float = 10.0,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Poll until *host*:*port* accepts a connection.
+
+    Raises ``TimeoutError`` after *timeout* seconds, or ``RuntimeError`` at
+    once when the optional *proc* (the process expected to listen) has exited,
+    so a crashing server fails fast instead of after the whole timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if port_is_open(host, port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with status {proc.returncode} before listening")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"nothing answered on {host}:{port} within {timeout} s")
+        time.sleep(POLL_INTERVAL)
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """Return the last *lines* lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """Stop *proc* with SIGTERM (SIGKILL if it lingers) and return its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+# --------------------------------------------------------------------------
+# redis-server
+
+
+def redis_ping(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Tell whether a Redis server on *host*:*port* answers ``PING`` with ``PONG``.
+
+    Speaks the protocol directly so it does not depend on the redis package.
+    (While loading, Redis answers ``-LOADING``, which counts as not ready.)
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A throw-away ``redis-server`` on a loopback port, with persistence off.
+
+    ``start()`` and ``stop()`` can be called repeatedly: after the first start
+    the port is kept, so a test can stop Redis (to see how a store copes with
+    an outage) and start it again at the same address. Data does not survive
+    a stop, since nothing is saved to disk.
+    """
+
+    host = LOOPBACK
+
+    def __init__(self, executable: str, workdir: Path, start_timeout: float = 10.0) -> None:
+        self.executable = executable
+        self.workdir = workdir
+        self.start_timeout = start_timeout
+        self.port = 0  # chosen by the first start()
+        self.log_path = workdir / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's address as ``redis://127.0.0.1:PORT``."""
+        return f"redis://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the redis-server process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def _spawn(self, port: int) -> bool:
+        """Start redis-server on *port*; True once it answers PING, False if it died."""
+        command = [
+            self.executable,
+            "--port", str(port),
+            "--bind", self.host,
+            "--save", "",  # no RDB snapshots
+            "--appendonly", "no",  # no AOF
+            "--daemonize", "no",  # stay our child so we can stop it
+            "--dir", str(self.workdir),
+            "--loglevel", "warning",
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while not redis_ping(self.host, port):
+            if self.proc.poll() is not None:
+                return False  # most likely the port was taken meanwhile
+            if time.monotonic() >= deadline:
+                stop_process(self.proc)
+                raise TimeoutError(
+                    f"redis-server did not answer PING on {self.host}:{port} within "
+                    f"{self.start_timeout} s; log:\n{log_tail(self.log_path)}"
+                )
+            time.sleep(POLL_INTERVAL)
+        self.port = port
+        return True
+
+    def start(self) -> None:
+        """Start the server (no-op when already running) and wait until it answers."""
+        if self.running:
+            return
+        if self.port:  # a restart: same address, so clients can reconnect
+            if self._spawn(self.port):
+                return
+        else:
+            # First start: free_port() can race with another process, so try
+            # a few ports before giving up.
+            for _ in range(3):
+                if self._spawn(free_port(self.host)):
+                    return
+        raise RuntimeError(f"redis-server failed to start; log:\n{log_tail(self.log_path)}")
+
+    def stop(self) -> None:
+        """Stop the server (no-op when not running) and wait until it has exited."""
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+# --------------------------------------------------------------------------
+# the example server (server.py)
+
+
+class ServerProcess:
+    """``server.py`` running as a child process on a free loopback port."""
+
+    def __init__(
+        self,
+        *,
+        store: str | None = None,
+        env: Mapping[str, str] | None = None,
+        log_path: Path,
+        start_timeout: float = 15.0,
+    ) -> None:
+        self.host = LOOPBACK
+        self.port = free_port()
+        self.url = f"http://{self.host}:{self.port}"
+        self.log_path = log_path
+        command = [sys.executable, "server.py", "--host", self.host, "--port", str(self.port)]
+        if store is not None:
+            command += ["--store", store]
+        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                command,
+                cwd=PROJECT_ROOT,
+                env=child_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        try:
+            wait_for_port(self.host, self.port, timeout=start_timeout, proc=self.proc)
+        except (TimeoutError, RuntimeError) as exc:
+            self.stop()
+            raise RuntimeError(
+                f"server.py did not start ({exc}); log:\n{log_tail(log_path)}"
+            ) from None
+
+    def stop(self) -> int:
+        """Stop the server with SIGTERM and return its exit status."""
+        return stop_process(self.proc)
+
+    def log(self) -> str:
+        """The server's output so far (stdout and stderr together)."""
+        return self.log_path.read_text(errors="replace")
+
+
+def run_client(
+    port: int, host: str = LOOPBACK, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``client.py`` against *host*:*port* and return its captured result."""
+    return subprocess.run(
+        [sys.executable, "client.py", "--host", host, "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
