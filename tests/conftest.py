@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from generic_session import RedisStore
 from tests.helpers import (
     PROJECT_ROOT,
     RedisServer,
     ServerProcess,
+    dead_redis_store,
     free_port,
     wait_for_port,
 )
@@ -99,3 +101,13 @@ def run_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
 
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def dead_store() -> Iterator[RedisStore]:
+    """A real RedisStore whose client points at a loopback port nothing listens on."""
+    store = dead_redis_store()
+    try:
+        yield store
+    finally:
+        store.client.close()

@@ -15,6 +15,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from generic_session import RedisStore
+
 #: The repository root: where server.py, client.py and generic_session.py live.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -250,3 +252,43 @@ def run_client(
         timeout=timeout,
         check=False,
     )
+
+
+class FakeClock:
+    """Epoch seconds that move only when a test moves them: expiry without sleeping."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def parse_set_cookie(header: str) -> tuple[str, str, dict[str, str]]:
+    """``'s=v; path=/; httponly'`` -> ``('s', 'v', {'path': '/', 'httponly': ''})``."""
+    first, *rest = header.split("; ")
+    name, _, value = first.partition("=")
+    attributes = {}
+    for item in rest:
+        key, _, val = item.partition("=")
+        attributes[key.lower()] = val
+    return name, value, attributes
+
+
+def dead_redis_store() -> RedisStore:
+    """A real RedisStore whose client points at a loopback port nothing listens on."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = redis.Redis(
+        host=LOOPBACK,
+        port=free_port(),
+        socket_connect_timeout=0.5,
+        socket_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),  # fail at once instead of retrying with backoff
+    )
+    return RedisStore(client)

@@ -21,17 +21,14 @@ from typing import Any
 
 import bottle
 import pytest
-import redis
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from webob import Request
 from webtest import TestApp, TestResponse
 
 import generic_session
 from generic_session import TWO_WEEKS, GenericSession, Keygrip, MemoryStore, RedisStore
-from tests.helpers import free_port
+from tests.helpers import FakeClock, parse_set_cookie
 
 T0 = 4_000_000_000  # a fixed "now" (in 2096: the cookie jar drops cookies expired in real time)
 EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
@@ -129,27 +126,6 @@ class CountingStore(MemoryStore):
         super().extend(id, expire)
 
 
-class FakeClock:
-    """Epoch seconds that only move when a test moves them."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def parse_set_cookie(header: str) -> tuple[str, str, dict[str, str]]:
-    """``'s=v; path=/; httponly'`` -> ``('s', 'v', {'path': '/', 'httponly': ''})``."""
-    first, *rest = header.split("; ")
-    name, _, value = first.partition("=")
-    attributes = {}
-    for item in rest:
-        key, _, val = item.partition("=")
-        attributes[key.lower()] = val
-    return name, value, attributes
-
-
 def set_cookies(response: TestResponse) -> list[tuple[str, str, dict[str, str]]]:
     return [parse_set_cookie(header) for header in response.headers.getall("Set-Cookie")]
 
@@ -164,27 +140,6 @@ def cookie(response: TestResponse, name: str) -> tuple[str, dict[str, str]]:
 
 def expires_at(attributes: dict[str, str]) -> float:
     return parsedate_to_datetime(attributes["expires"]).timestamp()
-
-
-def dead_redis_store() -> RedisStore:
-    """A real RedisStore whose client points at a loopback port nothing listens on."""
-    client = redis.Redis(
-        host="127.0.0.1",
-        port=free_port(),
-        socket_connect_timeout=0.5,
-        socket_timeout=0.5,
-        retry=Retry(NoBackoff(), 0),  # fail at once instead of retrying with backoff
-    )
-    return RedisStore(client)
-
-
-@pytest.fixture
-def dead_store() -> Iterator[RedisStore]:
-    store = dead_redis_store()
-    try:
-        yield store
-    finally:
-        store.client.close()
 
 
 @pytest.fixture(params=[None, KEYS], ids=["unsigned", "signed"])

@@ -12,15 +12,11 @@ import base64
 import html
 import json
 import re
-from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from webob import Request
 
 from generic_session import (
@@ -32,7 +28,7 @@ from generic_session import (
     RedisStore,
     StoreError,
 )
-from tests.helpers import free_port
+from tests.helpers import FakeClock, parse_set_cookie
 
 T0 = 1_700_000_000  # a fixed "now", in epoch seconds
 EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
@@ -45,32 +41,11 @@ NODE_VECTORS = json.loads(
 # -- helpers -------------------------------------------------------------------------------------
 
 
-class FakeClock:
-    """Epoch seconds that only move when a test moves them."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def environ(cookie: str | None = None, url: str = "http://example.com/") -> dict[str, Any]:
     env: dict[str, Any] = Request.blank(url).environ
     if cookie is not None:
         env["HTTP_COOKIE"] = cookie
     return env
-
-
-def parse_set_cookie(header: str) -> tuple[str, str, dict[str, str]]:
-    """``'s=v; path=/; httponly'`` -> ``('s', 'v', {'path': '/', 'httponly': ''})``."""
-    first, *rest = header.split("; ")
-    name, _, value = first.partition("=")
-    attributes = {}
-    for item in rest:
-        key, _, val = item.partition("=")
-        attributes[key.lower()] = val
-    return name, value, attributes
 
 
 def set_cookies(headers: list[tuple[str, str]], name: str) -> list[tuple[str, dict[str, str]]]:
@@ -106,22 +81,6 @@ def new_token() -> str:
 @pytest.fixture
 def store() -> MemoryStore:
     return MemoryStore()
-
-
-@pytest.fixture
-def dead_store() -> Iterator[RedisStore]:
-    """A real RedisStore whose client points at a loopback port nothing listens on."""
-    client = redis.Redis(
-        host="127.0.0.1",
-        port=free_port(),
-        socket_connect_timeout=0.5,
-        socket_timeout=0.5,
-        retry=Retry(NoBackoff(), 0),  # fail at once instead of retrying with backoff
-    )
-    try:
-        yield RedisStore(client)
-    finally:
-        client.close()
 
 
 # -- the API table -------------------------------------------------------------------------------

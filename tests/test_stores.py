@@ -31,23 +31,10 @@ from generic_session import (
     check_store,
     encode_json,
 )
-from tests.helpers import PROJECT_ROOT, RedisServer
+from tests.helpers import PROJECT_ROOT, FakeClock, RedisServer
 
 # ---------------------------------------------------------------------------
 # Helpers
-
-
-class FakeClock:
-    """A clock that moves only when told to: expiry tests without sleeping."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def run_threads(count: int, work: Callable[[int], None], timeout: float = 30.0) -> None:
