@@ -132,7 +132,7 @@ class Keygrip:
         bytes, or an unknown algorithm.
     """
 
-    __slots__ = ("_hmacs", "algorithm")
+    __slots__ = ("_keyed", "algorithm")
 
     def __init__(self, keys: Sequence[str | bytes], algorithm: str = "sha1") -> None:
         if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
@@ -148,12 +148,12 @@ class Keygrip:
                 raise ValueError(f"keys[{index}] is empty: a signing key must be a secret")
         if algorithm not in _HASHES:
             raise ValueError(f"algorithm must be one of {', '.join(_HASHES)}, got {algorithm!r}")
-        self._hmacs = tuple(_keyed(_as_bytes(key), algorithm) for key in keys)
+        self._keyed = tuple(_keyed(_as_bytes(key), algorithm) for key in keys)
         self.algorithm = algorithm
 
     def __repr__(self) -> str:
         # Never show the keys themselves.
-        return f"Keygrip(<{len(self._hmacs)} keys>, algorithm={self.algorithm!r})"
+        return f"Keygrip(<{len(self._keyed)} keys>, algorithm={self.algorithm!r})"
 
     @staticmethod
     def _sign_with(keyed: tuple[Any, Any], data: bytes) -> bytes:
@@ -166,7 +166,7 @@ class Keygrip:
 
     def sign(self, data: str | bytes) -> str:
         """Return the signature of ``data`` made with the newest key, ``keys[0]``."""
-        return self._sign_with(self._hmacs[0], _as_bytes(data)).decode("ascii")
+        return self._sign_with(self._keyed[0], _as_bytes(data)).decode("ascii")
 
     def index(self, data: str | bytes, digest: str) -> int:
         """Return the index of the key that signed ``data`` as ``digest``, or -1.
@@ -176,7 +176,7 @@ class Keygrip:
         """
         payload = _as_bytes(data)
         given = digest.encode("utf-8", "replace")  # any text: a cookie is untrusted
-        for position, keyed in enumerate(self._hmacs):
+        for position, keyed in enumerate(self._keyed):
             if hmac.compare_digest(self._sign_with(keyed, payload), given):
                 return position
         return -1
@@ -205,27 +205,19 @@ _COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
 # A path or domain with these would add attributes or split the header.
 _UNSAFE_ATTRIBUTE = re.compile(r"[\x00-\x1f\x7f;]")
 _SAMESITE = {"lax": "lax", "strict": "strict", "none": "none"}
-_last_date: tuple[int, str] = (-1, "")
 
 
 def _http_date(when: float) -> str:
     """Format epoch seconds as an RFC 1123 date, ``Tue, 01 Jan 2030 00:00:00 GMT``.
 
-    Every response of one second shares the same expiry, so the last result is
-    kept: the hot path formats a date once a second, not once a request.
+    Locale-free, as ``email.utils.formatdate(usegmt=True)`` is, and cheaper.  The
+    session's hot path formats one only once a second (``_Config.suffix``).
     """
-    global _last_date
-    second = int(when)
-    cached = _last_date
-    if cached[0] == second:
-        return cached[1]
-    t = time.gmtime(second)
-    text = (
+    t = time.gmtime(int(when))
+    return (
         f"{_WEEKDAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
         f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
     )
-    _last_date = (second, text)  # one tuple, swapped whole: safe across threads
-    return text
 
 
 def _parse_cookie_header(header: str) -> dict[str, str]:
