@@ -491,9 +491,9 @@ def encode_json(key: str, value: Any) -> str:
     anything but dict, list, str, int, finite float, bool and None.  (Tuples
     become lists and non-str dict keys become strings, as ``json`` does.)
     """
-    if type(value) is int:  # the commonest value (a counter, an id): its repr is its JSON
-        return int.__repr__(value)
     try:
+        if type(value) is int:  # the commonest value (a counter, an id): its repr is its JSON
+            return int.__repr__(value)
         return _ENCODER.encode(value)
     except (TypeError, ValueError) as error:
         raise TypeError(
