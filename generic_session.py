@@ -41,7 +41,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
@@ -198,10 +198,12 @@ class Keygrip:
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _EPOCH_DATE = "Thu, 01 Jan 1970 00:00:00 GMT"
+_YEAR_10000 = 253_402_300_800  # epoch seconds: an HTTP date has four digits of year
 # RFC 6265 cookie-name is an RFC 7230 token; a value may not hold controls, space, '"', ',', ';'
 # or '\'.  Node's ``cookies`` package is laxer about values; a session token never needs it.
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
+_COOKIE_VALUE_CHARS = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '",;\\')
+_COOKIE_VALUE = re.compile(f"[{re.escape(_COOKIE_VALUE_CHARS)}]*")
 # A path or domain with these would add attributes or split the header.
 _UNSAFE_ATTRIBUTE = re.compile(r"[\x00-\x1f\x7f;]")
 _SAMESITE = {"lax": "lax", "strict": "strict", "none": "none"}
@@ -282,7 +284,7 @@ def _environ_of(request: Any) -> Environ:
 def _header_sink(response: Any) -> Callable[[str, str], None]:
     """Return ``emit(cookie_name, header)``, adding one ``Set-Cookie`` header to ``response``."""
     if isinstance(response, _DeferredStart):  # the filter's: keeps the last header per cookie
-        return response.cookies.__setitem__
+        return response.add_cookie
     if isinstance(response, list):
         append = response.append
         return lambda _, value: append(("Set-Cookie", value))
@@ -305,6 +307,10 @@ def _expires_seconds(expires: float | datetime) -> float:
             expires = expires.replace(tzinfo=UTC)
         # Whole seconds, exactly: a float timestamp rounds .999999 up in far years.
         return calendar.timegm(expires.utctimetuple())
+    if isinstance(expires, bool) or not isinstance(expires, int | float) or not (
+            0 <= expires < _YEAR_10000):
+        raise ValueError("expires must be a datetime or epoch seconds before the year 10000, "
+                         f"got {expires!r}")
     return float(expires)
 
 
@@ -418,7 +424,10 @@ class Cookies:
         if not _COOKIE_NAME.fullmatch(name):
             raise ValueError(f"cookie name {name!r} is not an RFC 6265 token")
         if value is not None and not _COOKIE_VALUE.fullmatch(value):
-            raise ValueError(f"value of cookie {name!r} has characters not allowed in a cookie")
+            bad = sorted(set(value) - set(_COOKIE_VALUE_CHARS))
+            raise ValueError(f"value of cookie {name!r} has characters not allowed in a cookie: "
+                             f"{''.join(bad)!r}; allowed: printable ASCII but space, '\"', ',', "
+                             "';' and '\\'")
         if value is None:
             date: str | None = _EPOCH_DATE
         else:
@@ -494,7 +503,10 @@ def encode_json(key: str, value: Any) -> str:
     try:
         if type(value) is int:  # the commonest value (a counter, an id): its repr is its JSON
             return int.__repr__(value)
-        return _ENCODER.encode(value)
+        text: str = _ENCODER.encode(value)
+        if not text.isascii():
+            text.encode("utf-8")  # a lone surrogate ('\ud800') is text no store can keep
+        return text
     except (TypeError, ValueError) as error:
         raise TypeError(
             f"session value for key {key!r} is not JSON-serialisable ({type(value).__name__}: "
@@ -522,15 +534,22 @@ def decode_json(text: str | bytes) -> Any:
 _MAX_EXPIRE = 400 * 24 * 60 * 60
 
 
-def _check_expire(expire: float, name: str = "expire") -> float:
-    """Return ``expire`` if it is a number of seconds in (0, 400 days], else raise ValueError."""
-    if isinstance(expire, bool) or not isinstance(expire, int | float):
-        raise ValueError(f"{name} must be a number of seconds > 0, got {type(expire).__name__}")
+def _check_seconds(seconds: float, name: str, limit: float, why: str) -> float:
+    """Return ``seconds`` if it is a number in (0, limit], else raise ValueError naming it."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ValueError(f"{name} must be a number of seconds > 0, got "
+                         f"{type(seconds).__name__} {seconds!r}")
     # Comparisons, not math.isfinite: they refuse nan and inf and never overflow on huge ints.
-    if not 0 < expire <= _MAX_EXPIRE:
-        raise ValueError(f"{name} must be a number of seconds > 0 and at most {_MAX_EXPIRE} "
-                         f"(400 days, the longest browsers keep a cookie), got {expire!r}")
-    return expire
+    if not 0 < seconds <= limit:
+        raise ValueError(f"{name} must be a number of seconds > 0 and at most {limit} "
+                         f"({why}), got {seconds!r}")
+    return seconds
+
+
+def _check_expire(expire: float, name: str = "expire") -> float:
+    """Check a session lifetime: at most 400 days, the longest browsers keep a cookie."""
+    return _check_seconds(expire, name, _MAX_EXPIRE, "400 days, the longest browsers keep a "
+                          "cookie")
 
 
 def _html_table(title: str, rows: Iterable[tuple[str, Any]]) -> str:
@@ -647,8 +666,8 @@ class MemoryStore:
             size = entry.size + len(key) + len(text)
             if old is not None:
                 size -= len(key) + len(old)
-            if size > self.max_size:
-                raise StoreError(
+            if size > self.max_size:  # the value is at fault, not the store: no StoreError
+                raise ValueError(
                     f"MemoryStore: session data would be {size} characters with key {key!r}, "
                     f"over max_size={self.max_size}; nothing was stored"
                 )
@@ -742,7 +761,8 @@ class SQLiteStore:
                 "private to one connection, and this store opens one per thread; "
                 "use MemoryStore for sessions in memory"
             )
-        self.timeout = _check_expire(timeout, "timeout")
+        self.timeout = _check_seconds(timeout, "timeout", 3600, "an hour, as long as a "
+                                      "request should ever wait")
         for name, value in (("sweep_every", sweep_every), ("sweep_batch", sweep_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -756,7 +776,8 @@ class SQLiteStore:
                 db.execute(statement)
 
     def __repr__(self) -> str:
-        return f"SQLiteStore({self.path!r}, sessions={self._count()})"
+        # No query here: error reporters call repr() on every local variable.
+        return f"SQLiteStore({self.path!r}, timeout={self.timeout})"
 
     def _repr_html_(self) -> str:
         return _html_table("SQLiteStore", [("path", self.path), ("sessions", self._count())])
@@ -913,8 +934,11 @@ class _SQLiteTransaction:
                 return
             except sqlite3.Error as commit_error:
                 error = commit_error
-        if db.in_transaction:
-            db.execute("ROLLBACK")
+        try:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        except sqlite3.Error as rollback_error:  # the disk went away, say
+            raise self._error(rollback_error) from error
         if isinstance(error, sqlite3.Error):
             raise self._error(error) from error
 
@@ -955,11 +979,10 @@ class RedisStore:
 
     def __init__(self, client: Any, prefix: str = "") -> None:
         if not callable(getattr(client, "pipeline", None)):
-            raise ValueError(
-                f"client must be a redis.Redis or RedisCluster client, got {type(client).__name__}"
-            )
+            raise ValueError("client must be a redis.Redis or RedisCluster client (with a "
+                             f"pipeline() method), got {type(client).__name__} {client!r}")
         if not isinstance(prefix, str):
-            raise ValueError(f"prefix must be a str, got {type(prefix).__name__}")
+            raise ValueError(f"prefix must be a str, got {type(prefix).__name__} {prefix!r}")
         self.client = client
         self.prefix = prefix
         self.address = _redis_address(client)
@@ -976,6 +999,8 @@ class RedisStore:
             pipe = self.client.pipeline(transaction=True)
             build(pipe)
             results: list[Any] = pipe.execute()
+        except (TypeError, ValueError):  # a bad argument of the caller's: Redis is fine
+            raise
         except Exception as error:  # redis-py raises its own ConnectionError, TimeoutError...
             raise StoreError(
                 f"RedisStore at {self.address}: {op} failed: {type(error).__name__}: {error}"
@@ -1046,24 +1071,24 @@ def _expect(ok: bool, name: str, operation: str, expected: str, got: Any) -> Non
         raise AssertionError(f"{name}.{operation}: expected {expected}, got {got!r}")
 
 
-def check_store(store: Any, *, expire: float = 0.5, writes: int = 100) -> None:
+def check_store(store: Any, *, expire: float = 0.5, writes: int = 1000) -> None:
     """Check that ``store`` keeps the Store API's contract; raise AssertionError if not.
 
     Covers missing keys and unknown sessions, JSON round trips of every JSON
-    type, ``get`` returning copies, non-JSON values refused, ``delete``,
-    ``delete_all``, ``extend``, expiry after ``expire`` seconds (it sleeps about
-    that long once), isolation between sessions, and two concurrent writers on
-    different keys of one session both surviving.  It uses fresh random session
-    ids and deletes them at the end.
+    type, copies in and out, non-JSON values refused, ``delete``,
+    ``delete_all``, ``extend``, expiry after ``expire`` seconds renewed by every
+    operation (it sleeps about that long once), isolation between sessions, and
+    concurrent writers on different keys of one session all surviving.  It uses
+    fresh random session ids and deletes them at the end.
 
     :param expire: the short expiry to test with, in seconds; raise it for a store
         whose expiry is coarser.
-    :param writes: how many keys each of the two concurrent writers sets.
+    :param writes: how many keys each of the four concurrent writers sets.
     """
     name = type(store).__name__
     run = secrets.token_hex(6)
-    ids = [f"check_store:{run}:{n}" for n in range(6)]
-    a, b, short, renewed, extended, concurrent = ids
+    ids = [f"check_store:{run}:{n}" for n in range(8)]
+    a, b, short, renewed, renewed_all, renewed_delete, extended, concurrent = ids
     long = 3600.0
     try:
         # Unknown sessions read as empty, and reading or extending creates nothing.
@@ -1084,6 +1109,23 @@ def check_store(store: Any, *, expire: float = 0.5, writes: int = 100) -> None:
             got = store.get(a, f"v{index}", long)
             _expect(_same_json(got, sample), name, f"get after set(key, {sample!r})",
                     f"{sample!r} ({type(sample).__name__})", got)
+        # Keys are any text; values are JSON, so tuples and int dict keys come back as
+        # JSON has them; and what the caller does to its object after set changes nothing.
+        odd_keys = {"": "empty key", "a:b/c d": "key with separators"}
+        for key, sample in odd_keys.items():
+            store.set(a, key, sample, long)
+        store.set(a, "tuple", (1, 2), long)
+        store.set(a, "int keys", {1: "one"}, long)
+        mine = {"roles": ["user"]}
+        store.set(a, "mine", mine, long)
+        mine["roles"].append("admin")
+        for key, expected in [("tuple", [1, 2]), ("int keys", {"1": "one"}),
+                              ("mine", {"roles": ["user"]}), *odd_keys.items()]:
+            got = store.get(a, key, long)
+            _expect(_same_json(got, expected), name, f"get({key!r}) after set", repr(expected),
+                    got)
+        for key in ("tuple", "int keys", "mine", *odd_keys):
+            store.delete(a, key, long)
         everything = {f"v{index}": sample for index, sample in enumerate(_JSON_SAMPLES)}
         got_all = store.get_all(a, long)
         _expect(_same_json(got_all, everything), name, "get_all", repr(everything), got_all)
@@ -1108,7 +1150,7 @@ def check_store(store: Any, *, expire: float = 0.5, writes: int = 100) -> None:
         store.set(a, "v9", "overwritten", long)
         _expect(store.get(a, "v9", long) == "overwritten", name, "get after overwriting set",
                 "'overwritten'", store.get(a, "v9", long))
-        for bad in (object(), {1, 2}, float("nan"), b"bytes"):
+        for bad in (object(), {1, 2}, float("nan"), b"bytes", "lone surrogate \ud800"):
             try:
                 store.set(a, "bad", bad, long)
             except TypeError:
@@ -1139,32 +1181,44 @@ def check_store(store: Any, *, expire: float = 0.5, writes: int = 100) -> None:
 
         # Expiry: set with a short expire ends the session; every operation renews it.
         store.set(short, "k", 1, expire)
-        store.set(renewed, "k", 1, long)
-        store.get(renewed, "k", expire)  # renewing to a short expiry: it ends too
+        for id in (renewed, renewed_all, renewed_delete):
+            store.set(id, "k", 1, long)
+        # Renewing to a short expiry: each of these ends too.
+        store.get(renewed, "k", expire)
+        store.get_all(renewed_all, expire)
+        store.delete(renewed_delete, "other", expire)
         store.set(extended, "k", 1, expire)
         store.extend(extended, long)  # renewing to a long expiry: it lives on
         time.sleep(expire * 1.5 + 0.05)
+        store.extend(short, long)  # too late: an expired session must not come back
         _expect(store.get_all(short, long) == {}, name, f"get_all {expire * 1.5 + 0.05:.2f}s "
-                f"after set(..., expire={expire})", "{} (expired)", store.get_all(short, long))
-        _expect(store.get(renewed, "k", long) is None, name, f"get after get(..., expire="
-                f"{expire}) renewed the expiry", "None (expired)", store.get(renewed, "k", long))
+                f"after set(..., expire={expire}) and a late extend", "{} (expired)",
+                store.get_all(short, long))
+        for id, operation in [(renewed, "get"), (renewed_all, "get_all"),
+                              (renewed_delete, "delete")]:
+            _expect(store.get(id, "k", long) is None, name, f"get after {operation}(..., "
+                    f"expire={expire}) renewed the expiry", "None (expired)",
+                    store.get(id, "k", long))
         _expect(store.get(extended, "k", long) == 1, name, "get after extend(..., long) renewed "
                 f"a set(..., expire={expire})", "1 (still alive)", store.get(extended, "k", long))
         store.set(short, "fresh", 2, long)
         _expect(store.get_all(short, long) == {"fresh": 2}, name, "get_all after set on an "
                 "expired session", "{'fresh': 2} (no old data back)", store.get_all(short, long))
 
-        # Two concurrent writers on different keys of one session both survive.
+        # Concurrent writers on different keys of one session all survive.
         _check_concurrent_writers(store, name, concurrent, writes, long)
     finally:
         for id in ids:
             store.delete_all(id)
 
 
+_WRITERS = "wxyz"
+
+
 def _check_concurrent_writers(store: Any, name: str, id: SessionId, writes: int,
                               expire: float) -> None:
-    """Two threads set their own keys of one session at once; every key must be there."""
-    start = threading.Barrier(2)
+    """Four threads set their own keys of one session at once; every key must be there."""
+    start = threading.Barrier(len(_WRITERS))
     errors: list[BaseException] = []
 
     def writer(label: str) -> None:
@@ -1178,7 +1232,7 @@ def _check_concurrent_writers(store: Any, name: str, id: SessionId, writes: int,
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads often, so a read-modify-write race shows
     try:
-        threads = [threading.Thread(target=writer, args=(label,)) for label in "xy"]
+        threads = [threading.Thread(target=writer, args=(label,)) for label in _WRITERS]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -1186,11 +1240,13 @@ def _check_concurrent_writers(store: Any, name: str, id: SessionId, writes: int,
     finally:
         sys.setswitchinterval(interval)
     if errors:
-        raise AssertionError(f"{name}.set from two threads raised {errors[0]!r}") from errors[0]
+        raise AssertionError(f"{name}.set from {len(_WRITERS)} threads raised "
+                             f"{errors[0]!r}") from errors[0]
     data = store.get_all(id, expire)
-    lost = [f"{label}{n}" for label in "xy" for n in range(writes) if f"{label}{n}" not in data]
-    _expect(not lost, name, f"get_all after two concurrent writers set {writes} keys each",
-            f"all {2 * writes} keys", f"{len(lost)} lost, e.g. {lost[:3]}")
+    lost = [f"{label}{n}" for label in _WRITERS for n in range(writes)
+            if f"{label}{n}" not in data]
+    _expect(not lost, name, f"get_all after {len(_WRITERS)} concurrent writers set {writes} "
+            "keys each", f"all {len(_WRITERS) * writes} keys", f"{len(lost)} lost, e.g. {lost[:3]}")
 
 
 # ============================================================================
@@ -1244,11 +1300,12 @@ class _Config:
         if domain is not None and (not isinstance(domain, str) or not domain
                                    or _CONTROL_OR_SEPARATOR.search(domain)):
             raise ValueError(f"domain must be a host name such as 'example.com', got {domain!r}")
-        prefixed = cookie_name.startswith(("__Host-", "__Secure-"))
+        # Browsers match these prefixes case-insensitively (RFC 6265bis).
+        prefixed = cookie_name.lower().startswith(("__host-", "__secure-"))
         if secure is False and (prefixed or (samesite or "").lower() == "none"):
             why = "a __Host-/__Secure- cookie_name" if prefixed else "samesite='None'"
             raise ValueError(f"secure=False is not allowed with {why}: browsers drop such cookies")
-        if cookie_name.startswith("__Host-") and domain is not None:
+        if cookie_name.lower().startswith("__host-") and domain is not None:
             raise ValueError(f"domain must be None for cookie_name {cookie_name!r}: __Host- "
                              "cookies are bound to the host that set them")
         if not callable(clock):
@@ -1298,7 +1355,8 @@ class GenericSession:
     :param response: where ``Set-Cookie`` goes (see :class:`Cookies`).
     :param store: any object with the Store API (:class:`Store`).
     :param keys: secret keys (newest first) or a :class:`Keygrip`: sign the cookie.
-    :param cookies: a :class:`Cookies` to use instead of making one.
+    :param cookies: a :class:`Cookies` to use instead of making one; its keys (if any)
+        sign the session, so ``keys`` must not be given too.
     :param expire: seconds of inactivity before the session ends (two weeks).
     :param cookie_name: the cookie's name (``s``; the signature goes in ``s.sig``).
     :param id_prefix: put before the token to make the store's id (``session:``).
@@ -1320,11 +1378,12 @@ class GenericSession:
         self, request: Any, response: Any, store: Store, *,
         cookies: Cookies | None = None, **options: Any,
     ) -> None:
-        config = _config(options)
-        if cookies is not None and config.keygrip is not None and cookies.keys is None:
-            raise ValueError("keys were given but cookies has none: with cookies=, make it "
-                             "Cookies(request, response, keys), whose keys sign and verify")
-        self._setup(_environ_of(request), response, store, config, cookies)
+        if cookies is not None:
+            if "keys" in options:
+                raise ValueError("keys and cookies are given together: the cookies' own keys "
+                                 "sign and verify, so make it Cookies(request, response, keys)")
+            options["keys"] = cookies.keys  # the session is signed exactly when its cookies are
+        self._setup(_environ_of(request), response, store, _config(options), cookies)
         self._start()
 
     def _setup(self, environ: Environ, response: Any, store: Store, config: _Config,
@@ -1523,6 +1582,12 @@ class GenericSession:
 def _check_key(key: Any) -> str:
     if not isinstance(key, str):
         raise TypeError(f"session key must be a str, got {type(key).__name__}: {key!r}")
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TypeError(f"session key {key!r} is not valid Unicode text "
+                            "(it holds a lone surrogate)") from None
     return key
 
 
@@ -1558,10 +1623,21 @@ class _DeferredStart:
         self.headers: list[tuple[str, str]] = []
         self.exc_info: Any = None
 
+    def add_cookie(self, name: str, header: str) -> None:
+        """The session's way to send a cookie: the last one of each name goes out."""
+        if self._write is not None:
+            raise SessionError(
+                f"cookie {name!r} cannot be sent: the response headers are already out; "
+                "use the session before the app returns its body (or yields its first chunk)")
+        self.cookies[name] = header
+
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: Any = None) -> Callable[[bytes], object]:
         if self._write is not None:  # already sent: the server decides (it re-raises exc_info)
             return self._start_response(status, headers, exc_info)  # type: ignore[no-any-return]
+        if self.status is not None and exc_info is None:
+            raise AssertionError("start_response called a second time without exc_info "
+                                 "(PEP 3333 allows that only to report an error)")
         self.status, self.headers, self.exc_info = status, headers, exc_info
         return self.write
 
@@ -1574,7 +1650,9 @@ class _DeferredStart:
         headers = self.headers
         if self.cookies:
             headers = [*headers, *(("Set-Cookie", value) for value in self.cookies.values())]
+            _vary_on_cookie(headers)
         self._write = self._start_response(self.status, headers, self.exc_info)
+        self.exc_info = None  # its traceback would keep the whole request alive
 
     def write(self, data: bytes) -> None:
         """The legacy ``write`` callable: the headers go first."""
@@ -1582,23 +1660,59 @@ class _DeferredStart:
         self._write(data)  # type: ignore[misc]  # send() set it
 
 
-def _first_chunk_then_rest(body: Iterable[bytes], response: _DeferredStart,
-                           environ: Environ) -> Iterable[bytes]:
-    """Run a generator app to its first chunk, then send the headers, then the rest."""
-    try:
+def _vary_on_cookie(headers: list[tuple[str, str]]) -> None:
+    """Add ``Cookie`` to the ``Vary`` header: a response that sets a session cookie
+    depends on the cookie, and a shared cache must not serve it to anyone else."""
+    for index, (name, value) in enumerate(headers):
+        if name.lower() == "vary":
+            varies = {item.strip().lower() for item in value.split(",")}
+            if not varies & {"cookie", "*"}:
+                headers[index] = (name, f"{value}, Cookie")
+            return
+    headers.append(("Vary", "Cookie"))
+
+
+def _close(body: Iterable[bytes]) -> None:
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+
+
+class _DeferredBody:
+    """The response of a generator app: run to its first chunk before the headers go.
+
+    An iterable with ``close()``, as PEP 3333 wants: the server closes it even when
+    it never iterated it, and the app's body is closed then too.
+    """
+
+    __slots__ = ("_body", "_chunks")
+
+    def __init__(self, body: Iterable[bytes], response: _DeferredStart,
+                 environ: Environ, start_response: Callable[..., Any]) -> None:
+        self._body = body
+        self._chunks = self._run(body, response, environ, start_response)
+
+    @staticmethod
+    def _run(body: Iterable[bytes], response: _DeferredStart, environ: Environ,
+             start_response: Callable[..., Any]) -> Generator[bytes, None, None]:
         iterator = iter(body)
         try:
             first = next(iterator, b"")
             response.send()
         except StoreError as error:
-            yield from _unavailable(error, environ, response._start_response)
+            yield from _unavailable(error, environ, start_response)
             return
         yield first
         yield from iterator
-    finally:
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        try:
+            self._chunks.close()
+        finally:
+            _close(self._body)
 
 
 def _unavailable(error: StoreError, environ: Environ,
@@ -1638,12 +1752,16 @@ def filter(store: Store, **options: Any) -> Callable[[WSGIApp], WSGIApp]:
             environ["bottle.request.ext.session"] = session  # bottle.request.session
             try:
                 body = app(environ, response.start_response)
-                if response.status is None:  # a generator app: it starts when iterated
-                    return _first_chunk_then_rest(body, response, environ)
-                response.send()
-                return body
             except StoreError as error:
                 return _unavailable(error, environ, start_response)
+            if response.status is None:  # a generator app: it starts when iterated
+                return _DeferredBody(body, response, environ, start_response)
+            try:
+                response.send()
+            except BaseException:
+                _close(body)
+                raise
+            return body
 
         session_app.__wrapped__ = app  # type: ignore[attr-defined]
         return session_app

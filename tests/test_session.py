@@ -1020,18 +1020,26 @@ def test_regenerate_in_the_filter_sends_only_the_new_cookie(store: MemoryStore) 
 # -- cookies= and keys= --------------------------------------------------------------------------
 
 
-def test_keys_with_cookies_that_have_no_keys_is_a_value_error(store: MemoryStore) -> None:
+def test_keys_and_cookies_together_is_a_value_error(store: MemoryStore) -> None:
     env = environ()
-    with pytest.raises(ValueError, match=r"keys were given but cookies has none"):
-        GenericSession(env, [], store, keys=["secret"], cookies=Cookies(env, []))
+    with pytest.raises(ValueError, match=r"keys and cookies are given together: the cookies' own"):
+        GenericSession(env, [], store, keys=["A"], cookies=Cookies(env, [], ["B"]))
 
 
 def test_cookies_with_their_own_keys_sign_the_session_cookie(store: MemoryStore) -> None:
     env = environ()
     headers: list[tuple[str, str]] = []
 
-    session = GenericSession(env, [], store, keys=["secret"],
-                             cookies=Cookies(env, headers, ["secret"]))
+    session = GenericSession(env, [], store, cookies=Cookies(env, headers, ["secret"]))
 
     signature, _ = last_cookie(headers, "s.sig")
     assert Keygrip(["secret"]).verify(f"s={session.token}", signature)
+
+
+def test_cookies_without_keys_make_an_unsigned_session(store: MemoryStore) -> None:
+    env = environ()
+    headers: list[tuple[str, str]] = []
+
+    GenericSession(env, [], store, cookies=Cookies(env, headers))
+
+    assert [name for name, _, _ in map(parse_set_cookie, (h for _, h in headers))] == ["s"]

@@ -197,13 +197,58 @@ class WholeBlobStore(TinyStore):
         with self._lock:
             entry = self._live(id)
             blob = dict(entry.data) if entry is not None else {}
-        time.sleep(0)  # another request of the session runs here...
+        # Another request of the session may run here...
         blob[key] = stored
         with self._lock:
             entry = self._live(id) or _Entry()
             entry.data = blob  # ... and its write is lost
             self._renew(entry, expire)
             self._sessions[id] = entry
+
+
+class CallersObjectStore(TinyStore):
+    """Keeps the very object the caller passed to set, and hands out copies of it."""
+
+    def _dump(self, key: str, value: Any) -> Any:
+        encode_json(key, value)  # refuses what is not JSON...
+        return value  # ... but keeps the caller's object, which the caller may change
+
+    def _load(self, stored: Any) -> Any:
+        return json.loads(json.dumps(stored))
+
+
+class LazyGetAllStore(TinyStore):
+    """get_all does not renew the expiry: a session only ever listed expires in use."""
+
+    def get_all(self, id: str, expire: float) -> dict[str, Any]:
+        with self._lock:
+            entry = self._live(id)
+            items = [] if entry is None else list(entry.data.items())
+        return {key: self._load(stored) for key, stored in items}
+
+
+class LazyDeleteStore(TinyStore):
+    """delete does not renew the expiry."""
+
+    def delete(self, id: str, key: str, expire: float) -> None:
+        with self._lock:
+            entry = self._live(id)
+            if entry is not None:
+                entry.data.pop(key, None)
+
+
+class ResurrectingStore(TinyStore):
+    """Expired sessions are kept, and extend brings them back to life."""
+
+    def _live(self, id: str) -> _Entry | None:
+        entry = self._sessions.get(id)
+        return None if entry is None or entry.expires_at <= time.monotonic() else entry
+
+    def extend(self, id: str, expire: float) -> None:
+        with self._lock:
+            entry = self._sessions.get(id)
+            if entry is not None:
+                self._renew(entry, expire)
 
 
 class GreedyDeleteAllStore(TinyStore):
@@ -229,8 +274,8 @@ def test_check_store_passes_on_the_correct_tiny_store() -> None:
         ),
         pytest.param(
             ExpiryIgnoringStore,
-            r"^ExpiryIgnoringStore\.get_all \d\.\d\ds after set\(\.\.\., expire=0\.5\): "
-            r"expected \{\} \(expired\), got \{'k': 1\}",
+            r"^ExpiryIgnoringStore\.get_all \d\.\d\ds after set\(\.\.\., expire=0\.5\) and a "
+            r"late extend: expected \{\} \(expired\), got \{'k': 1\}",
             id="ignores expire",
         ),
         pytest.param(
@@ -247,9 +292,33 @@ def test_check_store_passes_on_the_correct_tiny_store() -> None:
         ),
         pytest.param(
             WholeBlobStore,
-            r"^WholeBlobStore\.get_all after two concurrent writers set 100 keys each: "
-            r"expected all 200 keys, got \"\d+ lost, e\.g\. \['",
+            r"^WholeBlobStore\.get_all after 4 concurrent writers set 1000 keys each: "
+            r"expected all 4000 keys, got \"\d+ lost, e\.g\. \['",
             id="whole-session blob loses concurrent writes",
+        ),
+        pytest.param(
+            CallersObjectStore,
+            r"^CallersObjectStore\.get\('mine'\) after set: expected \{'roles': \['user'\]\}, "
+            r"got \{'roles': \['user', 'admin'\]\}",
+            id="keeps the caller's object",
+        ),
+        pytest.param(
+            LazyGetAllStore,
+            r"^LazyGetAllStore\.get after get_all\(\.\.\., expire=0\.5\) renewed the expiry: "
+            r"expected None \(expired\), got 1",
+            id="get_all does not renew the expiry",
+        ),
+        pytest.param(
+            LazyDeleteStore,
+            r"^LazyDeleteStore\.get after delete\(\.\.\., expire=0\.5\) renewed the expiry: "
+            r"expected None \(expired\), got 1",
+            id="delete does not renew the expiry",
+        ),
+        pytest.param(
+            ResurrectingStore,
+            r"^ResurrectingStore\.get_all \d\.\d\ds after set\(\.\.\., expire=0\.5\) and a "
+            r"late extend: expected \{\} \(expired\), got \{'k': 1\}",
+            id="extend brings an expired session back",
         ),
         pytest.param(
             GreedyDeleteAllStore,
@@ -398,12 +467,12 @@ def test_memory_store_growing_a_session_evicts_only_what_it_must() -> None:
 def test_memory_store_refuses_a_session_bigger_than_max_size_and_stores_nothing() -> None:
     store = MemoryStore(max_size=50)
 
-    with pytest.raises(StoreError, match=r"^MemoryStore: .* over max_size=50; nothing was stored"):
+    with pytest.raises(ValueError, match=r"^MemoryStore: .* over max_size=50; nothing was stored"):
         store.set("session:big", "k", "x" * 100, 60)
     assert repr_sessions(store) == 0
 
     store.set("session:big", "small", 1, 60)
-    with pytest.raises(StoreError, match=r"with key 'huge', over max_size=50"):
+    with pytest.raises(ValueError, match=r"with key 'huge', over max_size=50"):
         store.set("session:big", "huge", "x" * 100, 60)
     assert store.get_all("session:big", 60) == {"small": 1}
     assert "size=17," in repr(store)  # id 11 + key 5 + "1" 1: the small session only
@@ -451,7 +520,7 @@ BAD_MEMORY_OPTIONS = [
     ("max_age", -1, r"^max_age must be .* got -1$"),
     ("max_age", float("inf"), r"^max_age must be .* got inf$"),
     ("max_age", float("nan"), r"^max_age must be .* got nan$"),
-    ("max_age", "60", r"^max_age must be a number of seconds > 0\b.*, got str$"),
+    ("max_age", "60", r"^max_age must be a number of seconds > 0\b.*, got str '60'$"),
 ]
 
 
@@ -506,7 +575,9 @@ def test_sqlite_store_keeps_sessions_across_a_restart(tmp_path: Path) -> None:
         "user": {"name": "Zoë", "roles": ["admin"], "age": 42.5},
         "flag": True,
     }
-    assert repr(after) == f"SQLiteStore({str(path)!r}, sessions=1)"
+    assert repr(after) == f"SQLiteStore({str(path)!r}, timeout=5.0)"  # no query in a repr
+    assert "<th style='text-align:left'>sessions</th><td style='text-align:left'><code>1<" in (
+        after._repr_html_())
 
 
 def test_sqlite_store_shares_sessions_between_processes(tmp_path: Path) -> None:
@@ -561,7 +632,7 @@ def test_sqlite_store_expired_sessions_read_as_empty_and_set_does_not_resurrect_
     assert store.get_all("session:a", 10) == {}
     store.extend("session:a", 10)  # too late: extend renews live sessions only
     assert store.get_all("session:a", 10) == {}
-    assert repr_sessions(store) == 0
+    assert ">sessions</th><td style='text-align:left'><code>0<" in store._repr_html_()
 
     store.set("session:a", "new", 3, 10)
 
