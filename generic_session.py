@@ -27,6 +27,7 @@ In a WSGI app, ``filter(store, keys=...)(app)`` gives every request a session in
 from __future__ import annotations
 
 import base64
+import binascii
 import calendar
 import copy
 import hashlib
@@ -47,15 +48,19 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 __all__ = [
     "TWO_WEEKS",
+    "Callback",
     "Cookies",
+    "Environ",
     "GenericSession",
     "Keygrip",
     "MemoryStore",
     "RedisStore",
     "SQLiteStore",
     "SessionError",
+    "SessionId",
     "Store",
     "StoreError",
+    "WSGIApp",
     "check_store",
     "decode_json",
     "encode_json",
@@ -100,6 +105,7 @@ class StoreError(SessionError):
 # cookie signed by a Node server verifies here and the other way round.
 
 _HASHES = ("sha1", "sha256", "sha384", "sha512")
+_URLSAFE = bytes.maketrans(b"+/", b"-_")  # base64 to base64url
 
 
 def _keyed(key: bytes, algorithm: str) -> tuple[Any, Any]:
@@ -162,7 +168,7 @@ class Keygrip:
         inner, outer = keyed[0].copy(), keyed[1].copy()
         inner.update(data)
         outer.update(inner.digest())
-        return base64.urlsafe_b64encode(outer.digest()).rstrip(b"=")
+        return binascii.b2a_base64(outer.digest(), newline=False).rstrip(b"=").translate(_URLSAFE)
 
     def sign(self, data: str | bytes) -> str:
         """Return the signature of ``data`` made with the newest key, ``keys[0]``."""
@@ -1649,8 +1655,8 @@ class _DeferredStart:
             raise RuntimeError("the WSGI app returned without calling start_response")
         headers = self.headers
         if self.cookies:
-            headers = [*headers, *(("Set-Cookie", value) for value in self.cookies.values())]
-            _vary_on_cookie(headers)
+            headers = _vary_on_cookie(headers)
+            headers += [("Set-Cookie", value) for value in self.cookies.values()]
         self._write = self._start_response(self.status, headers, self.exc_info)
         self.exc_info = None  # its traceback would keep the whole request alive
 
@@ -1660,16 +1666,17 @@ class _DeferredStart:
         self._write(data)  # type: ignore[misc]  # send() set it
 
 
-def _vary_on_cookie(headers: list[tuple[str, str]]) -> None:
-    """Add ``Cookie`` to the ``Vary`` header: a response that sets a session cookie
-    depends on the cookie, and a shared cache must not serve it to anyone else."""
+def _vary_on_cookie(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A copy of ``headers`` that varies on ``Cookie``: a response that sets a session
+    cookie depends on the cookie, and a shared cache must not serve it to anyone else."""
     for index, (name, value) in enumerate(headers):
         if name.lower() == "vary":
             varies = {item.strip().lower() for item in value.split(",")}
+            headers = list(headers)
             if not varies & {"cookie", "*"}:
                 headers[index] = (name, f"{value}, Cookie")
-            return
-    headers.append(("Vary", "Cookie"))
+            return headers
+    return [*headers, ("Vary", "Cookie")]
 
 
 def _close(body: Iterable[bytes]) -> None:

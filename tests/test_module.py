@@ -16,8 +16,10 @@ import pytest
 import generic_session
 from tests.helpers import PROJECT_ROOT
 
+#: The type aliases the public signatures use (``id: SessionId``), exported for users' hints.
+TYPE_ALIASES = {"SessionId", "Environ", "Callback", "WSGIApp"}
 PUBLIC = [(name, getattr(generic_session, name, None)) for name in generic_session.__all__]
-PUBLIC_CLASSES = [obj for _, obj in PUBLIC if isinstance(obj, type)]
+PUBLIC_CLASSES = [obj for name, obj in PUBLIC if isinstance(obj, type) and name not in TYPE_ALIASES]
 THIRD_PARTY = ("cachetools", "redis", "bottle", "webob", "requests")
 
 
@@ -41,6 +43,14 @@ def run_tool(module: str, *args: str) -> subprocess.CompletedProcess[str]:
 # -- Public names ------------------------------------------------------------------------------
 
 
+def test_the_type_aliases_are_exported_and_used_in_public_signatures() -> None:
+    assert set(generic_session.__all__) >= TYPE_ALIASES
+    source = inspect.getsource(generic_session)
+    for alias in TYPE_ALIASES:
+        assert re.search(rf"^{alias}: TypeAlias = ", source, re.MULTILINE), alias
+        assert re.search(rf"^(def|    def) \w+\(.*\b{alias}\b", source, re.MULTILINE), alias
+
+
 def test_all_has_no_duplicates_and_no_private_names() -> None:
     names = generic_session.__all__
 
@@ -51,8 +61,8 @@ def test_all_has_no_duplicates_and_no_private_names() -> None:
 @pytest.mark.parametrize(("name", "obj"), PUBLIC, ids=[name for name, _ in PUBLIC])
 def test_every_public_name_exists_and_is_documented(name: str, obj: Any) -> None:
     assert hasattr(generic_session, name), f"__all__ lists {name!r}, which the module lacks"
-    if isinstance(obj, int):
-        return  # a constant (TWO_WEEKS): documented by a #: comment, which Python does not keep
+    if isinstance(obj, int) or name in TYPE_ALIASES:
+        return  # a constant or a type alias: documented by a #: comment, which Python drops
     doc = obj.__doc__  # the object's own docstring, not one inherited through inspect.getdoc
     assert doc is not None and doc.strip(), f"{name} has no docstring"
 
