@@ -2,7 +2,8 @@
 
 Every ``notebooks/*.ipynb`` (a glob: a notebook added later is tested too) is
 executed on a fresh kernel, with ``notebooks/`` as the working directory, and
-fails the test if any cell raises. A cheaper check reads the committed file:
+fails the test if any cell raises or if the whole run takes 30 seconds or
+more (``NOTEBOOK_TIME_LIMIT``). A cheaper check reads the committed file:
 it must have been saved from a clean run, top to bottom (execution counts
 1..n, outputs present, no error output).
 
@@ -35,6 +36,10 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 #: Seconds one cell may run before the notebook fails.
 CELL_TIMEOUT = 60
 
+#: Each notebook must execute in less than this many seconds, wall time, on a fresh
+#: kernel (its start included): a teaching notebook that runs slowly is not re-run.
+NOTEBOOK_TIME_LIMIT = 30
+
 
 class ThisPythonKernelManager(AsyncKernelManager):
     """Starts a ``python3`` kernel with ``sys.executable``, whatever kernelspecs are installed."""
@@ -52,8 +57,11 @@ class ThisPythonKernelManager(AsyncKernelManager):
         return self._kernel_spec
 
 
-def execute(nb: nbformat.NotebookNode) -> None:
-    """Run every cell of ``nb`` in place on a fresh kernel; raise CellExecutionError on error."""
+def execute(nb: nbformat.NotebookNode) -> float:
+    """Run every cell of ``nb`` in place on a fresh kernel; return the wall time in seconds.
+
+    :raises CellExecutionError: when a cell raises.
+    """
     client = NotebookClient(
         nb,
         kernel_name="python3",
@@ -62,7 +70,20 @@ def execute(nb: nbformat.NotebookNode) -> None:
         record_timing=False,  # no per-cell timestamps: they would change every run
         resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
     )
+    start = time.perf_counter()
     client.execute()
+    return time.perf_counter() - start
+
+
+def too_slow(name: str, seconds: float) -> str | None:
+    """Why ``seconds`` is too long a run for notebook ``name``, or None when it is short enough."""
+    if seconds < NOTEBOOK_TIME_LIMIT:
+        return None
+    return (
+        f"{name} took {seconds:.1f} s to execute; each notebook must run in under "
+        f"{NOTEBOOK_TIME_LIMIT} s: make its slowest cells faster (fewer iterations, a fake "
+        "clock instead of sleeping)"
+    )
 
 
 def test_kernel_is_this_python() -> None:
@@ -79,7 +100,9 @@ def test_kernel_is_this_python() -> None:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.name for path in NOTEBOOKS])
 def test_notebook_runs(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
-    execute(nb)  # a cell that raises fails the test with its traceback
+    seconds = execute(nb)  # a cell that raises fails the test with its traceback
+    slow = too_slow(path.name, seconds)
+    assert slow is None, slow
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.name for path in NOTEBOOKS])
@@ -99,15 +122,19 @@ def test_notebook_is_committed_executed(path: Path) -> None:
 def main(argv: list[str]) -> int:
     """Re-execute the notebooks named (all of them by default) and save them with outputs."""
     paths = [Path(arg) for arg in argv] or NOTEBOOKS
+    status = 0
     for path in paths:
         if not path.exists():  # a bare name: look in notebooks/
             path = NOTEBOOK_DIR / path.name
         nb = nbformat.read(path, as_version=4)
-        start = time.perf_counter()
-        execute(nb)
+        seconds = execute(nb)
         nbformat.write(nb, path)
-        print(f"{path.name}: executed in {time.perf_counter() - start:.1f} s and saved")
-    return 0
+        print(f"{path.name}: executed in {seconds:.1f} s and saved")
+        slow = too_slow(path.name, seconds)
+        if slow is not None:  # saved all the same, but test_notebook_runs will fail
+            print(slow, file=sys.stderr)
+            status = 1
+    return status
 
 
 if __name__ == "__main__":
