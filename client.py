@@ -70,6 +70,10 @@ def run(host: str, port: int) -> None:
     """Set then fetch the value, printing both steps; raise ClientError on failure."""
     base_url = f"http://{host}:{port}"
     with requests.Session() as http:
+        # Talk to the server directly, whatever the environment says: the server is
+        # usually on loopback, and an HTTP_PROXY variable (or .netrc) set for the
+        # outside world must not reroute these requests to a proxy.
+        http.trust_env = False
         stored = fetch_json(http, base_url, f"/set/{KEY}/{VALUE}")
         print(f"Set {KEY} = {stored}", flush=True)
         fetched = fetch_json(http, base_url, f"/get/{KEY}")

@@ -308,16 +308,21 @@ def _header_sink(response: Any) -> Callable[[str, str], None]:
 
 
 def _expires_seconds(expires: float | datetime) -> float:
+    """Epoch seconds of ``expires``, from 1970 to the year 9999 (what an HTTP date holds)."""
+    seconds: float | None = None
     if isinstance(expires, datetime):
         if expires.tzinfo is None:  # naive datetimes are taken as UTC, as HTTP dates are
             expires = expires.replace(tzinfo=UTC)
-        # Whole seconds, exactly: a float timestamp rounds .999999 up in far years.
-        return calendar.timegm(expires.utctimetuple())
-    if isinstance(expires, bool) or not isinstance(expires, int | float) or not (
-            0 <= expires < _YEAR_10000):
-        raise ValueError("expires must be a datetime or epoch seconds before the year 10000, "
-                         f"got {expires!r}")
-    return float(expires)
+        try:  # whole seconds, exactly: a float timestamp rounds .999999 up in far years
+            seconds = calendar.timegm(expires.utctimetuple())
+        except OverflowError:  # past the year 9999 once in UTC
+            seconds = None
+    elif not isinstance(expires, bool) and isinstance(expires, int | float):
+        seconds = expires
+    if seconds is None or not 0 <= seconds < _YEAR_10000:
+        raise ValueError("expires must be a datetime or epoch seconds from 1970 to the year "
+                         f"9999, got {expires!r}")
+    return float(seconds)
 
 
 class Cookies:
@@ -1432,13 +1437,14 @@ class GenericSession:
     def _issue(self, token: str) -> None:
         """Take ``token`` as the session's and send its cookie with the sliding expiry."""
         config = self._config
-        self._token = token
-        self._id = config.id_prefix + token
         cookies = self.cookies
         secure = cookies.is_https if config.secure is None else config.secure
         # Name, token and attributes were all checked already: no Cookies.set needed.
         cookies._send(config.cookie_name, token, config.suffix(secure),
                       config.keygrip is not None)
+        # Only now: a session whose cookie could not be sent must not store anything.
+        self._token = token
+        self._id = config.id_prefix + token
 
     def _attributes(self) -> dict[str, Any]:
         """The cookie's attributes, the same whether it is sent or cleared."""
@@ -1674,7 +1680,7 @@ def _vary_on_cookie(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
             varies = {item.strip().lower() for item in value.split(",")}
             headers = list(headers)
             if not varies & {"cookie", "*"}:
-                headers[index] = (name, f"{value}, Cookie")
+                headers[index] = (name, f"{value}, Cookie" if value.strip() else "Cookie")
             return headers
     return [*headers, ("Vary", "Cookie")]
 

@@ -11,6 +11,9 @@ Routes:
   caller's session and answers it as JSON (``"bar"``).
 * ``GET /get/<key>`` answers the value stored under *key* as JSON, ``null``
   when absent.
+* Both routes also answer ``HEAD``, as standard HTTP wants of every GET route:
+  the same status and headers (session cookie included), without the body.
+  The route runs as for ``GET``, so ``HEAD /set/<key>/<value>`` stores too.
 * Anything else (other paths, other methods) answers ``ERROR`` with status 404.
 
 The cookie-signing keys come from the ``SESSION_KEYS`` environment variable
@@ -91,8 +94,9 @@ def make_app(store: gs.Store, keys: Sequence[str]) -> WSGIApp:
     app.route("/get/<key>", method="GET", callback=get_value)
     # "Any other method or path": without these Bottle would answer a wrong
     # method on a known path with 405, and the spec wants 404 ERROR for
-    # everything but the two routes above. Method-specific routes win over ANY
-    # in Bottle's router, so these only catch the leftovers.
+    # everything but the two routes above (and HEAD on them, which Bottle
+    # answers from the GET route, as HTTP wants). Method-specific routes win
+    # over ANY in Bottle's router, so these only catch the leftovers.
     app.route("/", method="ANY", callback=not_found)
     app.route("/<path:path>", method="ANY", callback=not_found)
     # 405 too, as belt and braces: never expose Bottle's HTML error page.

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: a real redis-server, a Redis client, server.py runner.
+"""Shared pytest fixtures: a real redis-server, a Redis client, server.py runner, failing stores.
 
 Helper functions (``free_port``, ``wait_for_port``, ...) live in
 ``tests/helpers.py`` and are re-exported here for convenience; import them in
@@ -20,6 +20,7 @@ from tests.helpers import (
     PROJECT_ROOT,
     RedisServer,
     ServerProcess,
+    SilentServer,
     dead_redis_store,
     free_port,
     wait_for_port,
@@ -85,9 +86,9 @@ def run_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
 
     ``run_server(store=None, env=None)``: *store* is a ``--store`` value
     (default: the server's default, memory), *env* extra environment variables
-    (e.g. ``{"SESSION_KEYS": "k1,k2"}``). Waits until the port answers; every
-    server started is stopped after the test. Output goes to
-    ``tmp_path/server-N.log``.
+    (e.g. ``{"SESSION_KEYS": "k1,k2"}``). The server picks its own port
+    (``--port 0``); this waits until it says where it listens. Every server
+    started is stopped after the test. Output goes to ``tmp_path/server-N.log``.
     """
     started: list[ServerProcess] = []
 
@@ -111,3 +112,34 @@ def dead_store() -> Iterator[RedisStore]:
         yield store
     finally:
         store.client.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    """A loopback server that accepts connections and never answers (``.port``, ``.accepted``)."""
+    with SilentServer() as server:
+        yield server
+
+
+@pytest.fixture
+def hung_store(silent_server: SilentServer) -> Iterator[RedisStore]:
+    """A real RedisStore whose Redis accepts the connection and then never answers.
+
+    Short timeouts and no retry, as a production client should have: each
+    operation fails after about 0.3 s with redis-py's TimeoutError.
+    """
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = redis.Redis(
+        host=silent_server.host,
+        port=silent_server.port,
+        socket_timeout=0.3,
+        socket_connect_timeout=0.3,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        yield RedisStore(client)
+    finally:
+        client.close()

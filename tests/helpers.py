@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: free ports, waiting for servers, child processes.
+"""Helpers shared by the tests: ports, waiting for servers, child processes, HTTP clients.
 
 Plain functions and classes (no pytest magic) so they can also be used from a
 notebook or a benchmark; the fixtures in ``conftest.py`` are thin wrappers.
@@ -7,13 +7,18 @@ notebook or a benchmark; the fixtures in ``conftest.py`` are thin wrappers.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+
+import requests
 
 from generic_session import RedisStore
 
@@ -37,6 +42,73 @@ def free_port(host: str = LOOPBACK) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextmanager
+def closed_port(host: str = LOOPBACK) -> Iterator[int]:
+    """Yield a port where connections are refused, and stay refused until the block ends.
+
+    The port is bound but not listening: connecting to it is refused at once,
+    and no other process can take it meanwhile (unlike a port that is merely
+    free, which a parallel test or server may start listening on).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        yield port
+
+
+class SilentServer:
+    """A loopback TCP server that accepts connections and never answers: a hung backend.
+
+    Use it as a context manager; it yields itself, with ``.host``, ``.port`` and
+    ``.accepted`` (how many connections it took).  Its thread polls a stop flag,
+    so it ends within ``POLL_INTERVAL`` of the block's end; every socket is closed.
+    """
+
+    host = LOOPBACK
+
+    def __init__(self) -> None:
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind((self.host, 0))
+        self._listener.listen()
+        self._listener.settimeout(POLL_INTERVAL)
+        self.port: int = self._listener.getsockname()[1]
+        self.accepted = 0
+        self._connections: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="silent-server", daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self._connections.append(connection)  # kept open, never read, never answered
+            self.accepted += 1
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        for connection in self._connections:
+            connection.close()
+
+
+def http_session() -> requests.Session:
+    """A ``requests.Session`` for our loopback servers that ignores the environment.
+
+    ``trust_env = False``: an ``HTTP_PROXY`` (or ``.netrc``) of the machine running
+    the tests must not reroute or alter requests to 127.0.0.1.
+    """
+    http = requests.Session()
+    http.trust_env = False
+    return http
 
 
 def port_is_open(host: str, port: int) -> bool:
@@ -195,8 +267,20 @@ class RedisServer:
 # the example server (server.py)
 
 
+#: The line server.py prints on stderr once it listens (with ``--port 0``: the real port).
+SERVING_LINE = re.compile(
+    r"^Serving on http://(?P<host>[^\s:]+):(?P<port>\d+) \(store: .*\)$", re.MULTILINE
+)
+
+
 class ServerProcess:
-    """``server.py`` running as a child process on a free loopback port."""
+    """``server.py`` running as a child process on a loopback port the OS picks.
+
+    It is started with ``--port 0``, and the port is read from the line it
+    prints once it listens (``Serving on http://HOST:PORT (store: ...)``): no
+    port is picked in advance, so none can be taken by another process before
+    the server binds it.
+    """
 
     def __init__(
         self,
@@ -207,13 +291,13 @@ class ServerProcess:
         start_timeout: float = 15.0,
     ) -> None:
         self.host = LOOPBACK
-        self.port = free_port()
-        self.url = f"http://{self.host}:{self.port}"
         self.log_path = log_path
-        command = [sys.executable, "server.py", "--host", self.host, "--port", str(self.port)]
+        command = [sys.executable, "server.py", "--host", self.host, "--port", "0"]
         if store is not None:
             command += ["--store", store]
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # Only what this server writes counts: the log file may already hold another run.
+        offset = log_path.stat().st_size if log_path.exists() else 0
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 command,
@@ -224,12 +308,33 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
             )
         try:
-            wait_for_port(self.host, self.port, timeout=start_timeout, proc=self.proc)
+            self.port = self._wait_for_serving_line(offset, start_timeout)
         except (TimeoutError, RuntimeError) as exc:
             self.stop()
             raise RuntimeError(
                 f"server.py did not start ({exc}); log:\n{log_tail(log_path)}"
             ) from None
+        self.url = f"http://{self.host}:{self.port}"
+
+    def _wait_for_serving_line(self, offset: int, timeout: float) -> int:
+        """Poll the log until server.py says where it serves; return the port.
+
+        The line is printed after the socket is bound and listening, so the
+        server accepts connections from then on.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                match = SERVING_LINE.search(log.read().decode(errors="replace"))
+            if match is not None:
+                return int(match.group("port"))
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"process exited with status {self.proc.returncode} "
+                                   "before serving")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no 'Serving on' line within {timeout} s")
+            time.sleep(POLL_INTERVAL)
 
     def stop(self) -> int:
         """Stop the server with SIGTERM and return its exit status."""
@@ -241,12 +346,16 @@ class ServerProcess:
 
 
 def run_client(
-    port: int, host: str = LOOPBACK, timeout: float = 60.0
+    port: int, host: str = LOOPBACK, timeout: float = 60.0, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``client.py`` against *host*:*port* and return its captured result."""
+    """Run ``client.py`` against *host*:*port* and return its captured result.
+
+    *env* replaces the environment of the child (default: this process's).
+    """
     return subprocess.run(
         [sys.executable, "client.py", "--host", host, "--port", str(port)],
         cwd=PROJECT_ROOT,
+        env=None if env is None else dict(env),
         capture_output=True,
         text=True,
         timeout=timeout,

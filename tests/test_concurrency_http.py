@@ -24,7 +24,7 @@ import pytest
 import requests
 
 import generic_session as gs
-from tests.helpers import RedisServer, run_client
+from tests.helpers import RedisServer, http_session, run_client
 
 SIGNING_KEYS = ["concurrency test key, newest", "an older key"]
 THREADS = 8
@@ -84,7 +84,7 @@ def serving(store: gs.Store) -> Iterator[str]:
 
 def start_session(url: str) -> requests.cookies.RequestsCookieJar:
     """Make one request that mints a session; return the cookie jar holding it."""
-    with requests.Session() as http:
+    with http_session() as http:
         response = http.get(f"{url}/set/started/yes", timeout=TIMEOUT)
         assert response.status_code == 200, response.text
         assert http.cookies.get("s") is not None and http.cookies.get("s.sig") is not None
@@ -103,7 +103,7 @@ def write_concurrently(urls: list[str], cookies: requests.cookies.RequestsCookie
 
     def client(t: int) -> None:
         try:
-            with requests.Session() as http:
+            with http_session() as http:
                 http.cookies.update(cookies)
                 start.wait(TIMEOUT)
                 for i in range(REQUESTS_PER_THREAD):
@@ -126,7 +126,8 @@ def write_concurrently(urls: list[str], cookies: requests.cookies.RequestsCookie
 
 
 def read_over_http(url: str, cookies: requests.cookies.RequestsCookieJar, key: str) -> Any:
-    response = requests.get(f"{url}/get/{key}", cookies=cookies, timeout=TIMEOUT)
+    with http_session() as http:
+        response = http.get(f"{url}/get/{key}", cookies=cookies, timeout=TIMEOUT)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -194,7 +195,7 @@ def test_example_server_answers_503_while_redis_is_down_and_recovers_after(
 ) -> None:
     url = run_server(store=redis_server.url)
     try:
-        with requests.Session() as http:
+        with http_session() as http:
             assert http.get(f"{url}/set/foo/bar", timeout=TIMEOUT).text == '"bar"'
 
             redis_server.stop()

@@ -7,6 +7,7 @@ Node's cookies@0.5.1, so a pass here means Python and Node send the same bytes.
 from __future__ import annotations
 
 import json
+import re
 import string
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -407,6 +408,37 @@ def test_expires_is_an_rfc1123_date_in_gmt_for_the_same_instant(expires: float |
     assert parsedate_to_datetime(written) == EXPECTED_INSTANT
 
 
+@pytest.mark.parametrize(
+    "expires",
+    [float("inf"), float("nan"), -1, 1e20, 253_402_300_800, True, "tomorrow", "1700000000"],
+    ids=repr,
+)
+def test_an_expiry_that_is_no_date_raises_value_error_naming_expires_and_sends_nothing(
+    expires: Any,
+) -> None:
+    headers: Headers = []
+
+    with pytest.raises(ValueError, match=rf"^expires must be a datetime or epoch seconds from "
+                       rf"1970 to the year 9999, got {re.escape(repr(expires))}$"):
+        Cookies({}, headers).set("s", "v", expires=expires)
+    assert headers == []
+
+
+def test_the_last_second_before_the_year_10000_is_a_valid_expiry() -> None:
+    headers: Headers = []
+
+    Cookies({}, headers).set("s", "v", expires=253_402_300_799)
+
+    assert attributes(set_cookies(headers)[0])["expires"] == "Fri, 31 Dec 9999 23:59:59 GMT"
+
+
+def test_an_aware_datetime_past_the_year_9999_in_utc_raises_value_error_naming_expires() -> None:
+    late = datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))  # 10000-01-01 UTC
+
+    with pytest.raises(ValueError, match=r"^expires must be a datetime or epoch seconds"):
+        Cookies({}, []).set("s", "v", expires=late)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 31)))
 def test_every_expiry_date_parses_back_to_the_same_second(when: datetime) -> None:
@@ -463,6 +495,21 @@ def test_an_invalid_cookie_value_is_refused_and_nothing_is_sent(value: str) -> N
     with pytest.raises(ValueError, match=r"value of cookie 's' has characters not allowed"):
         Cookies({}, headers, ["k1"]).set("s", value)
     assert headers == []
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("a b;c", "' ;'"), ('x,"y"\\', """'",\\\\'"""), ("zoë\x00", "'\\x00ë'")],
+    ids=["space-semicolon", "comma-quote-backslash", "nul-and-non-ascii"],
+)
+def test_an_invalid_cookie_value_error_shows_the_bad_characters_and_what_is_allowed(
+    value: str, shown: str
+) -> None:
+    expected = (f"value of cookie 's' has characters not allowed in a cookie: {shown}; allowed: "
+                """printable ASCII but space, '"', ',', ';' and '\\'""")
+
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        Cookies({}, []).set("s", value)
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any
+from wsgiref.validate import validator
 
 import bottle
 import pytest
@@ -27,7 +28,14 @@ from webob import Request
 from webtest import TestApp, TestResponse
 
 import generic_session
-from generic_session import TWO_WEEKS, GenericSession, Keygrip, MemoryStore, RedisStore
+from generic_session import (
+    TWO_WEEKS,
+    GenericSession,
+    Keygrip,
+    MemoryStore,
+    RedisStore,
+    SessionError,
+)
 from tests.helpers import FakeClock, parse_set_cookie
 
 T0 = 4_000_000_000  # a fixed "now" (in 2096: the cookie jar drops cookies expired in real time)
@@ -419,6 +427,19 @@ def test_a_plain_wsgi_app_on_a_dead_store_answers_503(dead_store: RedisStore) ->
     assert response.text.startswith("503 Service Unavailable")
 
 
+def test_a_store_that_hangs_answers_503_once_its_timeout_passes(hung_store: RedisStore) -> None:
+    client = TestApp(generic_session.filter(hung_store)(routes))
+    started = time.monotonic()
+
+    response = client.get("/set/k", {"value": "1"}, status=503, expect_errors=True)
+
+    assert time.monotonic() - started < 2  # its 0.3 s socket timeout, not a hung request
+    assert response.text == "503 Service Unavailable: the session store is unavailable\n"
+    assert "Set-Cookie" not in response.headers
+    assert (f"generic_session: RedisStore at {hung_store.address}: set failed: TimeoutError: "
+            in response.errors)
+
+
 def headers_then_session(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     start_response("200 OK", [("Content-Type", "application/json")])
     return [json.dumps(environ["generic_session"].get("k")).encode()]
@@ -513,6 +534,8 @@ def test_a_cookie_signed_with_the_older_key_is_resigned_once_with_the_newer() ->
             ({"secure": "yes"}, r"secure must be True, False or None"),
             ({"cookie_name": "__Host-s", "domain": "example.com"}, r"domain must be None"),
             ({"cookie_name": "__Host-s", "secure": False}, r"secure=False is not allowed"),
+            ({"cookie_name": "__host-s", "domain": "example.com"}, r"domain must be None"),
+            ({"cookie_name": "__HOST-s", "secure": False}, r"secure=False is not allowed"),
         ]
     ],
 )
@@ -575,6 +598,321 @@ def test_a_session_first_used_after_start_response_but_before_the_body_sends_its
     response = client.get("/")
 
     token, _ = cookie(response, "s")
+    assert store.get("session:" + token, "k", 60) == "v"
+
+
+# -- Vary: Cookie --------------------------------------------------------------------------------
+
+
+def app_sending(headers: list[tuple[str, str]], *, touch: bool) -> Callable[..., Iterable[bytes]]:
+    """An app answering 200 with ``headers`` (after a Content-Type); ``touch``: it sets a value."""
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if touch:
+            environ["generic_session"].set("k", "v")
+        start_response("200 OK", [("Content-Type", "text/plain"), *headers])
+        return [b"ok"]
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([], ["Cookie"]),
+        ([("Vary", "Accept-Encoding")], ["Accept-Encoding, Cookie"]),
+        ([("Vary", "Cookie")], ["Cookie"]),
+        ([("vary", "accept-encoding, cookie")], ["accept-encoding, cookie"]),
+        ([("Vary", "Accept-Encoding,COOKIE")], ["Accept-Encoding,COOKIE"]),
+        ([("Vary", "*")], ["*"]),
+    ],
+    ids=["none", "accept-encoding", "cookie", "lower-case-list", "upper-case-no-space", "star"],
+)
+def test_a_response_that_sends_the_session_cookie_varies_on_cookie_once(
+    headers: list[tuple[str, str]], expected: list[str]
+) -> None:
+    client = TestApp(validator(generic_session.filter(MemoryStore())(app_sending(headers,
+                                                                                 touch=True))))
+
+    response = client.get("/")
+
+    assert URL_SAFE_TOKEN.fullmatch(cookie(response, "s")[0])
+    assert response.headers.getall("Vary") == expected
+
+
+SHARED_HEADERS = [("Content-Type", "text/plain"), ("Vary", "Accept-Encoding")]
+
+
+def shared_headers_app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """An app answering every request with the same (module-level) header list."""
+    environ["generic_session"].set("k", "v")
+    start_response("200 OK", SHARED_HEADERS)
+    return [b"ok"]
+
+
+def test_the_apps_own_header_list_is_never_changed_by_the_cookie_or_vary() -> None:
+    client = TestApp(validator(generic_session.filter(MemoryStore())(shared_headers_app)))
+
+    first, second = client.get("/"), TestApp(client.app).get("/")
+
+    assert SHARED_HEADERS == [("Content-Type", "text/plain"), ("Vary", "Accept-Encoding")]
+    for response in (first, second):
+        assert response.headers.getall("Vary") == ["Accept-Encoding, Cookie"]
+        assert len(response.headers.getall("Set-Cookie")) == 1
+
+
+@pytest.mark.parametrize("headers", [[], [("Vary", "Accept-Encoding")]], ids=["none", "own"])
+def test_a_response_that_never_touches_the_session_gets_no_vary_cookie(
+    headers: list[tuple[str, str]],
+) -> None:
+    client = TestApp(validator(generic_session.filter(MemoryStore())(app_sending(headers,
+                                                                                 touch=False))))
+
+    response = client.get("/")
+
+    assert "Set-Cookie" not in response.headers
+    assert response.headers.getall("Vary") == [value for _, value in headers]
+
+
+# -- generator apps, bodies with close(), start_response (PEP 3333) ----------------------------
+#
+# The server's side of these calls is ``ServerSide``, under ``wsgiref.validate.validator``
+# wrapped around the filter: the validator checks, as a strict server would, that what
+# the filter hands on keeps PEP 3333 (statuses, headers, start_response before the first
+# chunk, close() called).  (Wrapped around the app instead, it would object to the
+# 'generic_session' environ key, an extension without a dot.)
+
+
+class ServerSide:
+    """The server's end of one WSGI call: records each start_response and each write()."""
+
+    def __init__(self) -> None:
+        self.responses: list[tuple[str, list[tuple[str, str]]]] = []
+        self.written: list[bytes] = []
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], None]:
+        self.responses.append((status, list(headers)))
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        assert self.responses, "write() before start_response()"  # as wsgiref checks
+        self.written.append(data)
+
+
+def call(app: Callable[..., Iterable[bytes]], server: ServerSide) -> Any:
+    """Call ``app`` as a server does, through the validator, with a plain GET's environ.
+
+    Returns the validator's wrapper of the response: iterate it, then close() it.
+    """
+    return validator(app)(Request.blank("/").environ, server.start_response)
+
+
+class Body:
+    """A response body that is an object with close(), as frameworks return; counts close().
+
+    ``before`` runs when iteration starts: a body that starts the response lazily,
+    as a generator app does.
+    """
+
+    def __init__(self, chunks: list[bytes], before: Callable[[], object] | None = None) -> None:
+        self.chunks = chunks
+        self.before = before
+        self.closed = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.before is not None:
+            self.before()
+        return iter(self.chunks)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def lazy_body_app(bodies: list[Body]) -> Callable[..., Iterable[bytes]]:
+    """An app returning a Body that starts the response and uses the session when iterated."""
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        def start() -> None:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            environ["generic_session"].set("k", "v")
+
+        bodies.append(Body([b"lazy ", b"body"], before=start))
+        return bodies[-1]
+
+    return app
+
+
+def test_a_lazy_body_closed_by_the_server_without_being_iterated_is_closed_too() -> None:
+    store, server, bodies = CountingStore(), ServerSide(), list[Body]()
+    response = call(generic_session.filter(store)(lazy_body_app(bodies)), server)
+
+    response.close()  # a client that went away, say: the server never iterates
+
+    assert [body.closed for body in bodies] == [1]
+    assert server.responses == []  # nothing was started...
+    assert store.calls == []  # ...nor stored
+
+
+def test_a_lazy_body_iterated_to_the_end_sends_the_cookie_and_is_closed_once() -> None:
+    store, server, bodies = CountingStore(), ServerSide(), list[Body]()
+    response = call(generic_session.filter(store)(lazy_body_app(bodies)), server)
+
+    chunks = list(response)
+    response.close()
+
+    assert chunks == [b"lazy ", b"body"]
+    assert [body.closed for body in bodies] == [1]
+    [(status, headers)] = server.responses
+    assert status == "200 OK"
+    assert sorted(name for name, _ in headers) == ["Content-Type", "Set-Cookie", "Vary"]
+    assert store.calls == ["set"]
+
+
+def session_then_chunks(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    environ["generic_session"].set("k", "v")
+    yield b"one, "
+    yield b"two"
+
+
+def test_a_generator_app_using_the_session_before_its_first_chunk_sends_the_cookie() -> None:
+    store = MemoryStore()
+    client = TestApp(validator(generic_session.filter(store)(session_then_chunks)))
+
+    response = client.get("/")
+
+    assert response.text == "one, two"
+    token, _ = cookie(response, "s")
+    assert store.get("session:" + token, "k", 60) == "v"
+    assert response.headers["Vary"] == "Cookie"
+
+
+def chunk_then_session(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"first"
+    environ["generic_session"].set("k", "v")
+    yield b"never sent"
+
+
+def test_a_generator_app_using_the_session_only_after_its_first_chunk_gets_session_error() -> None:
+    store, server = CountingStore(), ServerSide()
+    response = call(generic_session.filter(store)(chunk_then_session), server)
+    chunks = iter(response)
+
+    assert next(chunks) == b"first"
+    # It surfaces where the server iterates the body, with the headers long gone.
+    with pytest.raises(SessionError, match=r"^cookie 's' cannot be sent: the response headers "
+                       r"are already out; use the session before the app returns its body "
+                       r"\(or yields its first chunk\)$"):
+        next(chunks)
+    response.close()
+
+    assert server.responses == [("200 OK", [("Content-Type", "text/plain")])]  # no cookie
+    assert store.calls == []  # the value went nowhere, and said so
+
+
+def test_a_session_refused_after_the_headers_went_out_refuses_every_later_use_too() -> None:
+    store, outcomes = CountingStore(), []
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"first"
+        for _ in range(2):
+            try:
+                environ["generic_session"].set("k", "v")
+                outcomes.append("stored")
+            except SessionError:
+                outcomes.append("refused")
+        yield b"second"
+
+    response = call(generic_session.filter(store)(app), ServerSide())
+    try:
+        assert list(response) == [b"first", b"second"]
+    finally:
+        response.close()
+
+    assert outcomes == ["refused", "refused"]
+    assert store.calls == []
+
+
+def test_a_start_response_refused_by_the_server_closes_the_body_and_the_error_propagates() -> None:
+    bodies: list[Body] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        # A control character in a header: the (validating) server refuses it.
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Note", "bad\x01value")])
+        environ["generic_session"].set("k", "v")
+        bodies.append(Body([b"body"]))
+        return bodies[-1]
+
+    server = ServerSide()
+    with pytest.raises(AssertionError, match=r"^Bad header value: 'bad\\x01value'"):
+        call(generic_session.filter(MemoryStore())(app), server)
+
+    assert [body.closed for body in bodies] == [1]
+    assert server.responses == []
+
+
+def test_a_second_start_response_without_exc_info_is_an_assertion_error() -> None:
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"which one?"]
+
+    server = ServerSide()
+    with pytest.raises(AssertionError, match=r"^start_response called a second time without "
+                       r"exc_info \(PEP 3333 allows that only to report an error\)$"):
+        call(generic_session.filter(MemoryStore())(app), server)
+
+    assert server.responses == []
+
+
+def error_after_headers(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "application/json")])
+    environ["generic_session"].set("k", "v")
+    try:
+        raise RuntimeError("the page failed after its headers were set")
+    except RuntimeError:
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")],
+                       sys.exc_info())
+    return [b"error page"]
+
+
+def test_start_response_again_with_exc_info_before_the_body_replaces_the_status() -> None:
+    store, server = MemoryStore(), ServerSide()
+
+    response = call(generic_session.filter(store)(error_after_headers), server)
+    chunks = list(response)
+    response.close()
+
+    assert chunks == [b"error page"]
+    [(status, headers)] = server.responses  # the server only ever saw the error
+    assert status == "500 Internal Server Error"
+    assert sorted(name for name, _ in headers) == ["Content-Type", "Set-Cookie", "Vary"]
+    assert ("Content-Type", "text/plain") in headers  # the error's headers, not the page's
+    [token] = [parse_set_cookie(value)[1] for name, value in headers if name == "Set-Cookie"]
+    assert store.get("session:" + token, "k", 60) == "v"
+
+
+def legacy_writer(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """An app using the write() callable that start_response returns (PEP 3333's legacy API)."""
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    environ["generic_session"].set("k", "v")
+    write(b"written, ")
+    return [b"then returned"]
+
+
+def test_the_legacy_write_callable_sends_the_headers_with_the_cookie_first() -> None:
+    store, server = MemoryStore(), ServerSide()
+
+    response = call(generic_session.filter(store)(legacy_writer), server)
+    chunks = list(response)
+    response.close()
+
+    assert (server.written, chunks) == ([b"written, "], [b"then returned"])
+    [(status, headers)] = server.responses  # once, before the write, with the cookie
+    assert status == "200 OK"
+    assert ("Vary", "Cookie") in headers
+    [token] = [parse_set_cookie(value)[1] for name, value in headers if name == "Set-Cookie"]
     assert store.get("session:" + token, "k", 60) == "v"
 
 

@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import re
+from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from generic_session import (
     Keygrip,
     MemoryStore,
     RedisStore,
+    SQLiteStore,
+    Store,
     StoreError,
 )
 from tests.helpers import FakeClock, parse_set_cookie
@@ -81,6 +84,19 @@ def new_token() -> str:
 @pytest.fixture
 def store() -> MemoryStore:
     return MemoryStore()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each real store in turn: MemoryStore, SQLiteStore in a file, RedisStore on redis-server."""
+    if request.param == "memory":
+        yield MemoryStore()
+    elif request.param == "sqlite":
+        sqlite = SQLiteStore(tmp_path / "sessions.db")
+        yield sqlite
+        sqlite.close()
+    else:
+        yield RedisStore(request.getfixturevalue("redis_client"))
 
 
 # -- the API table -------------------------------------------------------------------------------
@@ -573,6 +589,33 @@ def test_a_non_json_value_raises_type_error_naming_the_key_and_type_and_stores_n
     assert session.get_all() == {"kept": "before"}
 
 
+def test_a_lone_surrogate_in_a_value_raises_type_error_naming_the_key_in_every_store(
+    any_store: Store,
+) -> None:
+    session = GenericSession(environ(), [], any_store)
+    session.set("k", "before")
+
+    with pytest.raises(TypeError, match=r"^session value for key 'k' is not JSON-serialisable "
+                       r"\(str: .*surrogates not allowed\)"):
+        session.set("k", "x\ud800")
+
+    assert session.get_all() == {"k": "before"}
+
+
+@pytest.mark.parametrize("method", ["get", "set", "delete"])
+def test_a_key_with_a_lone_surrogate_raises_type_error_as_not_unicode_text(
+    any_store: Store, method: str
+) -> None:
+    session = GenericSession(environ(), [], any_store)
+    session.set("k", "kept")
+
+    with pytest.raises(TypeError, match=r"^session key 'k\\ud800' is not valid Unicode text "
+                       r"\(it holds a lone surrogate\)$"):
+        getattr(session, method)("k\ud800")
+
+    assert session.get_all() == {"k": "kept"}
+
+
 @pytest.mark.parametrize("method", ["get", "set", "delete"])
 @pytest.mark.parametrize("key", [1, b"k", ("k",)], ids=["int", "bytes", "tuple"])
 def test_a_key_that_is_not_a_str_raises_type_error(
@@ -832,23 +875,46 @@ def test_a_custom_cookie_name_carries_the_token_and_its_signature(store: MemoryS
     assert set_cookies(headers, "s") == []
 
 
-def test_a_host_prefixed_name_is_secure_even_over_http(store: MemoryStore) -> None:
+# Browsers match the __Host- and __Secure- prefixes in any case (RFC 6265bis).
+HOST_PREFIXED = ["__Host-s", "__host-s", "__HOST-s"]
+SECURE_PREFIXED = ["__Secure-x", "__secure-x", "__SECURE-x"]
+
+
+@pytest.mark.parametrize("name", HOST_PREFIXED)
+def test_a_host_prefixed_name_in_any_case_is_secure_even_over_http(
+    store: MemoryStore, name: str
+) -> None:
     headers: list[tuple[str, str]] = []
 
-    GenericSession(environ(url="http://example.com/"), headers, store, cookie_name="__Host-s")
+    GenericSession(environ(url="http://example.com/"), headers, store, cookie_name=name)
 
-    _, attributes = last_cookie(headers, "__Host-s")
+    _, attributes = last_cookie(headers, name)
     assert "secure" in attributes
     assert attributes["path"] == "/"
     assert "domain" not in attributes
 
 
-def test_a_host_prefixed_name_with_a_domain_is_refused(store: MemoryStore) -> None:
-    with pytest.raises(ValueError, match=r"domain must be None for cookie_name '__Host-s'"):
-        GenericSession(environ(), [], store, cookie_name="__Host-s", domain="example.com")
+@pytest.mark.parametrize("name", SECURE_PREFIXED)
+def test_a_secure_prefixed_name_in_any_case_is_secure_even_over_http(
+    store: MemoryStore, name: str
+) -> None:
+    headers: list[tuple[str, str]] = []
+
+    GenericSession(environ(url="http://example.com/"), headers, store, cookie_name=name,
+                   keys=["secret"])
+
+    assert "secure" in last_cookie(headers, name)[1]
+    assert "secure" in last_cookie(headers, name + ".sig")[1]
 
 
-@pytest.mark.parametrize("name", ["__Host-s", "__Secure-s"])
+@pytest.mark.parametrize("name", HOST_PREFIXED)
+def test_a_host_prefixed_name_with_a_domain_is_refused(store: MemoryStore, name: str) -> None:
+    with pytest.raises(ValueError, match=rf"^domain must be None for cookie_name '{name}': "
+                       r"__Host- cookies are bound to the host that set them$"):
+        GenericSession(environ(), [], store, cookie_name=name, domain="example.com")
+
+
+@pytest.mark.parametrize("name", [*HOST_PREFIXED, *SECURE_PREFIXED])
 def test_a_prefixed_name_with_secure_false_is_refused(store: MemoryStore, name: str) -> None:
     with pytest.raises(ValueError, match=r"secure=False is not allowed with a __Host-/__Secure-"):
         GenericSession(environ(), [], store, cookie_name=name, secure=False)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from generic_session import (
     check_store,
     encode_json,
 )
-from tests.helpers import PROJECT_ROOT, FakeClock, RedisServer
+from tests.helpers import PROJECT_ROOT, FakeClock, RedisServer, SilentServer
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -69,6 +71,50 @@ def repr_sessions(store: Any) -> int:
     match = re.search(r"sessions=(\d+)", repr(store))
     assert match, repr(store)
     return int(match.group(1))
+
+
+class _TableParser(HTMLParser):
+    """Reads a ``_repr_html_`` table: its caption, its rows, and every tag inside a cell."""
+
+    def __init__(self) -> None:
+        super().__init__()  # convert_charrefs: the text comes back unescaped
+        self.caption = ""
+        self.rows: dict[str, str] = {}
+        self.tags_in_cells: list[str] = []
+        self._in = ""  # "caption", "th" or "td": where the text goes
+        self._name = ""  # the row's name, from its <th>
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self._in == "td":
+            self.tags_in_cells.append(tag)
+        elif tag in ("caption", "th", "td"):
+            self._in = tag
+            if tag == "th":
+                self._name = ""
+            elif tag == "td":
+                self.rows[self._name] = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == self._in:
+            self._in = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._in == "caption":
+            self.caption += data
+        elif self._in == "th":
+            self._name += data
+        elif self._in == "td":
+            self.rows[self._name] += data
+
+
+def html_table(markup: str) -> tuple[str, dict[str, str]]:
+    """``(caption, {row name: cell text})`` of a ``_repr_html_`` table; cells hold no markup."""
+    assert markup.startswith("<table>") and markup.endswith("</table>"), markup
+    parser = _TableParser()
+    parser.feed(markup)
+    parser.close()
+    assert parser.tags_in_cells == ["code"] * len(parser.rows), markup  # nothing else got in
+    return parser.caption, parser.rows
 
 
 # ---------------------------------------------------------------------------
@@ -382,6 +428,28 @@ def test_check_store_passes_on_redis_store(
 
 
 # ---------------------------------------------------------------------------
+# encode_json: what every store refuses
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["x\ud800", ["ok", "\udfff"], {"nested": {"deep": "a\ud83d"}}, {"\ud800": "as a dict key"}],
+    ids=["str", "in-a-list", "nested", "dict-key"],
+)
+def test_encode_json_refuses_a_lone_surrogate_with_a_type_error_naming_the_key(
+    value: Any,
+) -> None:
+    with pytest.raises(TypeError, match=r"^session value for key 'k' is not JSON-serialisable "
+                       rf"\({type(value).__name__}: .*surrogates not allowed\); allowed: "):
+        encode_json("k", value)
+
+
+def test_encode_json_keeps_characters_beyond_the_basic_plane() -> None:
+    # Python holds them as one code point (UTF-16 needs a surrogate pair): nothing is lone.
+    assert encode_json("k", "smile \U0001f600") == '"smile \U0001f600"'
+
+
+# ---------------------------------------------------------------------------
 # MemoryStore
 
 
@@ -510,6 +578,15 @@ def test_memory_store_caps_expiry_at_max_age() -> None:
     assert store.get("session:a", "k", 3600) is None
 
 
+def test_memory_store_shows_its_sessions_size_and_limits_as_an_html_table() -> None:
+    store = MemoryStore(max_size=1000, max_age=60)
+    store.set("session:a", "k", "v", 60)  # 9 + 1 + 3 characters
+    store.set("session:b", "kk", [1], 60)  # 9 + 2 + 3 characters
+
+    assert html_table(store._repr_html_()) == (
+        "MemoryStore", {"sessions": "2", "size": "27", "max_size": "1000", "max_age": "60"})
+
+
 BAD_MEMORY_OPTIONS = [
     ("max_size", 0, r"^max_size must be a number of characters > 0, got 0$"),
     ("max_size", -5, r"^max_size must be .* got -5$"),
@@ -611,6 +688,52 @@ def test_sqlite_store_refuses_an_in_memory_database_and_suggests_memory_store(pa
         r"memory$",
     ):
         SQLiteStore(path)
+
+
+def test_sqlite_store_shows_its_path_and_live_sessions_as_an_escaped_html_table(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    path = tmp_path / "<odd & name>.db"
+    store = SQLiteStore(path, clock=clock)
+    store.set("session:short", "k", 1, 10)
+    store.set("session:long", "k", 1, 100)
+    clock.advance(50)  # session:short has expired (and is not swept yet)
+
+    markup = store._repr_html_()
+
+    assert html_table(markup) == ("SQLiteStore", {"path": str(path), "sessions": "1"})
+    assert "&lt;odd &amp; name&gt;.db</code>" in markup
+
+
+def test_sqlite_store_repr_runs_no_query_so_it_works_with_the_file_gone(tmp_path: Path) -> None:
+    directory = tmp_path / "gone"
+    directory.mkdir()
+    path = directory / "sessions.db"
+    store = SQLiteStore(path, timeout=2.5)
+    store.set("session:a", "k", 1, 60)
+    store.close()
+    shutil.rmtree(directory)
+
+    assert repr(store) == f"SQLiteStore({str(path)!r}, timeout=2.5)"
+    # The rich display does count, and shows what it could not count instead of raising.
+    assert html_table(store._repr_html_())[1] == {"path": str(path), "sessions": "?"}
+
+
+def test_sqlite_store_given_a_key_with_a_lone_surrogate_raises_unicode_error_and_keeps_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sessions.db"
+    store = SQLiteStore(path)
+
+    # A bad argument, not a failing store: UnicodeEncodeError (a ValueError), no StoreError.
+    with pytest.raises(UnicodeEncodeError, match=r"surrogates not allowed"):
+        store.set("session:new", "k\ud800", 1, 60)
+
+    # Rolled back whole: not even the new session's expiry row was kept.
+    assert sqlite_rows(path, "SELECT count(*) FROM session_expiry") == [(0,)]
+    store.set("session:new", "k", 1, 60)  # and the store works on
+    assert store.get_all("session:new", 60) == {"k": 1}
 
 
 def test_sqlite_store_expired_sessions_read_as_empty_and_set_does_not_resurrect_them(
@@ -895,3 +1018,57 @@ def test_redis_store_raises_store_error_while_redis_is_down_and_recovers_after(
     finally:
         redis_server.start()  # no-op when running: later tests need it
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "args"),
+    [
+        ("get", ("session:a", "k\ud800", 60)),
+        ("set", ("session:a", "k\ud800", 1, 60)),
+        ("delete", ("session:a", "k\ud800", 60)),
+        ("get_all", ("session:\ud800", 60)),
+        ("delete_all", ("session:\ud800",)),
+    ],
+    ids=["get-key", "set-key", "delete-key", "get_all-id", "delete_all-id"],
+)
+def test_redis_store_given_a_lone_surrogate_raises_unicode_error_not_store_error(
+    redis_client: Any, method: str, args: tuple[Any, ...]
+) -> None:
+    store = RedisStore(redis_client)
+    store.set("session:a", "k", "kept", 60)
+
+    # The argument is bad, Redis is fine: UnicodeEncodeError (a ValueError), no StoreError.
+    with pytest.raises(UnicodeEncodeError, match=r"surrogates not allowed"):
+        getattr(store, method)(*args)
+
+    # Nothing was sent: the connection still works, and the session is unchanged.
+    assert store.get_all("session:a", 60) == {"k": "kept"}
+    assert redis_client.keys("*") == [b"session:a"]
+
+
+def test_redis_store_on_a_server_that_never_answers_raises_store_error_after_its_timeout(
+    silent_server: SilentServer, hung_store: RedisStore
+) -> None:
+    import redis
+
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=rf"^RedisStore at 127\.0\.0\.1:{silent_server.port}: "
+                       r"set failed: TimeoutError: ") as raised:
+        hung_store.set("session:a", "k", 1, 60)
+    elapsed = time.monotonic() - started
+
+    assert isinstance(raised.value.__cause__, redis.exceptions.TimeoutError)
+    assert silent_server.accepted >= 1  # it connected: a timeout, not a refusal
+    assert 0.25 <= elapsed < 2  # its 0.3 s socket timeout, once: no retries with backoff
+
+
+def test_redis_store_shows_its_address_and_prefix_as_an_escaped_html_table(
+    redis_client: Any, redis_server: RedisServer
+) -> None:
+    store = RedisStore(redis_client, prefix="<b>sessions & co:")
+
+    markup = store._repr_html_()
+
+    assert html_table(markup) == (
+        "RedisStore", {"address": f"127.0.0.1:{redis_server.port}", "prefix": "<b>sessions & co:"})
+    assert "<code>&lt;b&gt;sessions &amp; co:</code>" in markup
