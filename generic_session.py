@@ -634,8 +634,11 @@ class MemoryStore:
 
     def _live(self, id: SessionId, now: float) -> _MemoryEntry | None:
         """The session's entry if it exists and has not expired (call with the lock held)."""
-        entry: _MemoryEntry | None = self._cache.get(id)  # marks it recently used
-        if entry is not None and entry.expires_at <= now:
+        try:  # not .get(): cachetools' get looks the id up twice
+            entry: _MemoryEntry = self._cache[id]  # marks it recently used
+        except KeyError:
+            return None
+        if entry.expires_at <= now:
             del self._cache[id]
             return None
         return entry
