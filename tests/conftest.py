@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: a real redis-server, a Redis client, server.py runner, failing stores.
+"""Shared pytest fixtures: a real redis-server (and a one-node Redis Cluster), a Redis client,
+server.py runner, failing stores.
 
 Helper functions (``free_port``, ``wait_for_port``, ...) live in
 ``tests/helpers.py`` and are re-exported here for convenience; import them in
@@ -18,6 +19,7 @@ import pytest
 from generic_session import RedisStore
 from tests.helpers import (
     PROJECT_ROOT,
+    RedisClusterNode,
     RedisServer,
     ServerProcess,
     SilentServer,
@@ -34,6 +36,16 @@ __all__ = ["PROJECT_ROOT", "free_port", "wait_for_port"]
 REDIS_MISSING = "redis-server not installed: apt-get install redis-server"
 
 
+def redis_server_executable() -> str:
+    """The path of redis-server; skip the test when it is missing, fail on CI (``CI=true``)."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(REDIS_MISSING)
+        pytest.skip(REDIS_MISSING)
+    return executable
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server of our own on a free loopback port, for the whole session.
@@ -44,17 +56,30 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     installed, except on CI (``CI=true``), where that is an error: CI must run
     the Redis tests.
     """
-    executable = shutil.which("redis-server")
-    if executable is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(REDIS_MISSING)
-        pytest.skip(REDIS_MISSING)
-    server = RedisServer(executable, tmp_path_factory.mktemp("redis"))
+    server = RedisServer(redis_server_executable(), tmp_path_factory.mktemp("redis"))
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNode]:
+    """A one-node Redis Cluster of our own (all 16384 slots), for the whole session.
+
+    A redis-server in cluster mode on a free loopback port, persistence off,
+    its ``nodes.conf`` in a temp dir; ready (``cluster_state:ok``) when yielded,
+    which takes about 2 s.  Connect with ``redis.cluster.RedisCluster(host=...,
+    port=...)``.  It has ``.host``, ``.port`` and ``.cluster_info()``.  Skipped or
+    failed exactly like ``redis_server`` when redis-server is not installed.
+    """
+    node = RedisClusterNode(redis_server_executable(), tmp_path_factory.mktemp("redis-cluster"))
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,6 +42,16 @@ def free_port(host: str = LOOPBACK) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Tell whether *port* can be bound on *host* right now (same race as ``free_port``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 @contextmanager
@@ -189,14 +199,24 @@ class RedisServer:
     the port is kept, so a test can stop Redis (to see how a store copes with
     an outage) and start it again at the same address. Data does not survive
     a stop, since nothing is saved to disk.
+
+    *extra_args* are appended to the command line (after the defaults, so they
+    can override them), e.g. ``["--cluster-enabled", "yes"]``.
     """
 
     host = LOOPBACK
 
-    def __init__(self, executable: str, workdir: Path, start_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        executable: str,
+        workdir: Path,
+        start_timeout: float = 10.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.executable = executable
         self.workdir = workdir
         self.start_timeout = start_timeout
+        self.extra_args = list(extra_args)
         self.port = 0  # chosen by the first start()
         self.log_path = workdir / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -222,6 +242,7 @@ class RedisServer:
             "--daemonize", "no",  # stay our child so we can stop it
             "--dir", str(self.workdir),
             "--loglevel", "warning",
+            *self.extra_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -241,6 +262,10 @@ class RedisServer:
         self.port = port
         return True
 
+    def _pick_port(self) -> int:
+        """A port for the first start (overridden when the server needs more than one)."""
+        return free_port(self.host)
+
     def start(self) -> None:
         """Start the server (no-op when already running) and wait until it answers."""
         if self.running:
@@ -252,7 +277,7 @@ class RedisServer:
             # First start: free_port() can race with another process, so try
             # a few ports before giving up.
             for _ in range(3):
-                if self._spawn(free_port(self.host)):
+                if self._spawn(self._pick_port()):
                     return
         raise RuntimeError(f"redis-server failed to start; log:\n{log_tail(self.log_path)}")
 
@@ -261,6 +286,109 @@ class RedisServer:
         if self.proc is not None:
             stop_process(self.proc)
             self.proc = None
+
+
+#: Redis' cluster bus listens on the client port plus this (its default ``cluster-port``).
+CLUSTER_BUS_OFFSET = 10_000
+
+#: Redis Cluster has this many hash slots; a node serving all of them is a whole cluster.
+CLUSTER_SLOTS = 16_384
+
+
+class RedisClusterNode(RedisServer):
+    """A one-node Redis Cluster: a ``RedisServer`` in cluster mode serving all 16384 slots.
+
+    ``start()`` returns once ``CLUSTER INFO`` says ``cluster_state:ok``, so a
+    ``redis.cluster.RedisCluster`` can connect at once (a fresh node needs
+    about 2 s for that: Redis waits ``CLUSTER_WRITABLE_DELAY`` before it turns
+    a master writable).  One node is enough to test a client against the
+    cluster protocol: keys are hashed to slots, and the client routes and
+    checks them (a transaction over two slots fails) as with many nodes.
+
+    The cluster config (``nodes.conf``) is kept in *workdir*, so a restart
+    keeps the slots; the data does not survive, as with ``RedisServer``.
+    """
+
+    def __init__(self, executable: str, workdir: Path, start_timeout: float = 10.0) -> None:
+        super().__init__(
+            executable,
+            workdir,
+            start_timeout,
+            extra_args=[
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(workdir / "nodes.conf"),
+            ],
+        )  # fmt: skip
+
+    def _pick_port(self) -> int:
+        """A free port whose cluster bus port (port + 10000) exists and is free too.
+
+        Not ``--cluster-port`` (Redis 7.0+ only): this works with older servers.
+        """
+        for _ in range(100):
+            port = free_port(self.host)
+            bus = port + CLUSTER_BUS_OFFSET
+            if bus <= 65_535 and port_is_free(self.host, bus):
+                return port
+        raise RuntimeError("found no free port pair (port, port + 10000) for a cluster node")
+
+    def start(self) -> None:
+        """Start the node (no-op when running), give it all slots, wait for ``cluster_state:ok``."""
+        if self.running:
+            return
+        super().start()
+        try:
+            self._assign_all_slots()
+            self._wait_for_cluster_ok()
+        except BaseException:
+            self.stop()
+            raise
+
+    def cluster_info(self) -> dict[str, str]:
+        """``CLUSTER INFO`` as a dict of strings (``{'cluster_state': 'ok', ...}``)."""
+        import redis
+
+        with redis.Redis(host=self.host, port=self.port, socket_timeout=2) as client:
+            text = client.execute_command("CLUSTER", "INFO")
+        info = {}
+        for line in _text(text).splitlines():
+            key, _, value = line.partition(":")
+            info[key] = value
+        return info
+
+    def _assign_all_slots(self) -> None:
+        """Give the node slots 0-16383 unless it has them (a restart keeps its nodes.conf)."""
+        import redis
+
+        if self.cluster_info().get("cluster_slots_assigned") == str(CLUSTER_SLOTS):
+            return
+        with redis.Redis(host=self.host, port=self.port, socket_timeout=2) as client:
+            try:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, CLUSTER_SLOTS - 1)
+            except redis.ResponseError as error:
+                if "unknown subcommand" not in str(error).lower():
+                    raise
+                # Redis < 7.0 has no ADDSLOTSRANGE: list the slots, in chunks.
+                for first in range(0, CLUSTER_SLOTS, 1024):
+                    client.execute_command("CLUSTER", "ADDSLOTS", *range(first, first + 1024))
+
+    def _wait_for_cluster_ok(self) -> None:
+        """Poll ``CLUSTER INFO`` until ``cluster_state:ok``; TimeoutError after start_timeout."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            info = self.cluster_info()
+            if info.get("cluster_state") == "ok":
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"redis cluster node {self.host}:{self.port} not ok within "
+                    f"{self.start_timeout} s: {info}; log:\n{log_tail(self.log_path)}"
+                )
+            time.sleep(POLL_INTERVAL)
+
+
+def _text(data: str | bytes) -> str:
+    return data.decode() if isinstance(data, bytes) else data
 
 
 # --------------------------------------------------------------------------

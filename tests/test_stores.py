@@ -1,7 +1,8 @@
 """The three stores against the Store API: check_store, then what is special to each.
 
 Real backends only: SQLite files in ``tmp_path``, a real ``redis-server`` (the
-``redis_server`` fixture), real threads and real processes.  Expiry is tested
+``redis_server`` fixture) and a real one-node Redis Cluster (``redis_cluster``),
+real threads and real processes.  Expiry is tested
 with an injected clock wherever a store takes one, so nothing sleeps but
 ``check_store`` itself (about ``expire * 1.5`` seconds per call).
 """
@@ -33,7 +34,7 @@ from generic_session import (
     check_store,
     encode_json,
 )
-from tests.helpers import PROJECT_ROOT, FakeClock, RedisServer, SilentServer
+from tests.helpers import PROJECT_ROOT, FakeClock, RedisClusterNode, RedisServer, SilentServer
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -425,6 +426,34 @@ def test_check_store_passes_on_redis_store(
     store = redis_url_store(prefix, decode_responses=decode_responses, socket_timeout=5)
     check_store(store)
     assert redis_client.dbsize() == 0  # check_store cleans up after itself
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: RedisClusterNode) -> Iterator[Any]:
+    """A ``redis.cluster.RedisCluster`` on the one-node test cluster, with no keys in it."""
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster(host=redis_cluster.host, port=redis_cluster.port, socket_timeout=2)
+    client.flushall()  # on every primary: here, the one node
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "writes"),
+    [
+        pytest.param("", 1000, id="no prefix"),
+        # The concurrent writers are covered above; fewer here keeps the run short.
+        pytest.param("myapp:sessions:", 250, id="with a prefix"),
+    ],
+)
+def test_check_store_passes_on_redis_store_on_a_redis_cluster(
+    cluster_client: Any, prefix: str, writes: int
+) -> None:
+    check_store(RedisStore(cluster_client, prefix=prefix), writes=writes)
+    assert cluster_client.dbsize() == 0  # check_store cleans up after itself
 
 
 # ---------------------------------------------------------------------------
@@ -1072,3 +1101,70 @@ def test_redis_store_shows_its_address_and_prefix_as_an_escaped_html_table(
     assert html_table(markup) == (
         "RedisStore", {"address": f"127.0.0.1:{redis_server.port}", "prefix": "<b>sessions & co:"})
     assert "<code>&lt;b&gt;sessions &amp; co:</code>" in markup
+
+
+# ---------------------------------------------------------------------------
+# RedisStore on a Redis Cluster
+
+
+def exec_calls(node: Any) -> tuple[int, int]:
+    """How many MULTI and EXEC a Redis node has run since it started: ``(multi, exec)``."""
+    stats = node.info("commandstats")
+    return (stats.get("cmdstat_multi", {}).get("calls", 0),
+            stats.get("cmdstat_exec", {}).get("calls", 0))
+
+
+def test_redis_store_on_a_cluster_keeps_each_session_as_one_hash_written_in_multi_exec(
+    redis_cluster: RedisClusterNode, cluster_client: Any
+) -> None:
+    import redis
+    from redis.exceptions import CrossSlotTransactionError
+
+    store = RedisStore(cluster_client, prefix="app:")
+    with redis.Redis(host=redis_cluster.host, port=redis_cluster.port, socket_timeout=2) as node:
+        multi_before, exec_before = exec_calls(node)
+
+        store.set("session:a", "user", {"name": "Zoë"}, 30)
+        store.set("session:a", "count", 3, 30)
+        assert store.get("session:a", "user", 30) == {"name": "Zoë"}
+        store.delete("session:a", "count", 30)
+        assert store.get_all("session:a", 30) == {"user": {"name": "Zoë"}}
+        store.extend("session:a", 60)
+
+        # Each of the 6 operations went to the node as one MULTI ... EXEC.
+        multi_after, exec_after = exec_calls(node)
+        assert (multi_after - multi_before, exec_after - exec_before) == (6, 6)
+
+        # The session is one hash: one key, so one slot, with its TTL.
+        assert node.keys("*") == [b"app:session:a"]
+        assert cluster_client.type("app:session:a") == b"hash"
+        assert 30_000 < cluster_client.pttl("app:session:a") <= 60_000
+
+        store.delete_all("session:a")
+        assert node.dbsize() == 0
+
+    # One node is a real test of the cluster protocol: redis-py refuses a
+    # transaction over two slots, so a store using two keys per session would fail here.
+    assert cluster_client.keyslot("app:session:a") != cluster_client.keyslot("app:session:b")
+    pipe = cluster_client.pipeline(transaction=True)
+    with pytest.raises(CrossSlotTransactionError):
+        pipe.hset("app:session:a", "k", "1").hset("app:session:b", "k", "1")
+        pipe.execute()
+    pipe.reset()
+
+
+def test_redis_store_on_a_cluster_names_the_cluster_address_in_its_errors(
+    redis_cluster: RedisClusterNode, cluster_client: Any
+) -> None:
+    import redis
+
+    store = RedisStore(cluster_client, prefix="app:")
+    address = f"127.0.0.1:{redis_cluster.port}"
+    assert store.address == address
+    assert repr(store) == f"RedisStore(address='{address}', prefix='app:')"
+
+    cluster_client.set("app:session:a", "a string, not a hash")  # so HSET fails in the EXEC
+    with pytest.raises(StoreError, match=rf"^RedisStore at {re.escape(address)}: set failed: "
+                       r"ResponseError: .*WRONGTYPE") as raised:
+        store.set("session:a", "k", 1, 60)
+    assert isinstance(raised.value.__cause__, redis.exceptions.ResponseError)
