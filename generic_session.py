@@ -1440,11 +1440,9 @@ class GenericSession:
     def _issue(self, token: str) -> None:
         """Take ``token`` as the session's and send its cookie with the sliding expiry."""
         config = self._config
-        cookies = self.cookies
-        secure = cookies.is_https if config.secure is None else config.secure
         # Name, token and attributes were all checked already: no Cookies.set needed.
-        cookies._send(config.cookie_name, token, config.suffix(secure),
-                      config.keygrip is not None)
+        self.cookies._send(config.cookie_name, token, config.suffix(self._secure()),
+                           config.keygrip is not None)
         # Only now: a session whose cookie could not be sent must not store anything.
         self._token = token
         self._id = config.id_prefix + token
@@ -1452,9 +1450,13 @@ class GenericSession:
     def _attributes(self) -> dict[str, Any]:
         """The cookie's attributes, the same whether it is sent or cleared."""
         config = self._config
-        secure = self.cookies.is_https if config.secure is None else config.secure
-        return {"domain": config.domain, "samesite": config.samesite, "secure": secure,
+        return {"domain": config.domain, "samesite": config.samesite, "secure": self._secure(),
                 "httponly": True, "signed": config.keygrip is not None}
+
+    def _secure(self) -> bool:
+        """Whether the cookie is Secure: as configured, or when the request came over HTTPS."""
+        secure = self._config.secure
+        return self.cookies.is_https if secure is None else secure
 
     @property
     def cookies(self) -> Cookies:
