@@ -20,8 +20,8 @@ cookie at once:
 >>> headers[0][1].startswith('s=') and headers[1][1].startswith('s.sig=')
 True
 
-In a WSGI app, ``filter(store, keys=...)(app)`` gives every request a session in
-``environ['generic_session']`` (and ``bottle.request.session`` under Bottle).
+In a WSGI app, ``middleware(store, keys=...)(app)`` gives every request a session
+in ``environ[ENVIRON_KEY]`` (and ``bottle.request.session`` under Bottle).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 __all__ = [
+    "ENVIRON_KEY",
     "TWO_WEEKS",
     "Callback",
     "Cookies",
@@ -64,11 +65,19 @@ __all__ = [
     "check_store",
     "decode_json",
     "encode_json",
-    "filter",
     "middleware",
 ]
 
 __version__ = "0.1.0"
+
+
+# ============================================================================
+# Types, errors and option checks
+# ============================================================================
+#
+# The names the signatures use, the two errors the module raises at run time,
+# and the checks every option of every section goes through, so that a bad
+# option fails the same way wherever it is given.
 
 #: Two weeks in seconds: the default cookie and store expiry, as in Node.
 TWO_WEEKS = 14 * 24 * 60 * 60
@@ -93,6 +102,39 @@ class StoreError(SessionError):
     The message names the store and its address; the cause is chained.  Nothing
     was half-written: the operation either happened whole or not at all.
     """
+
+
+#: The longest expiry: 400 days, where browsers cap a cookie's lifetime (RFC 6265bis).
+_MAX_EXPIRE = 400 * 24 * 60 * 60
+
+
+def _check_seconds(seconds: float, name: str, limit: float, why: str) -> float:
+    """Return ``seconds`` if it is a number in (0, limit], else raise ValueError naming it."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ValueError(f"{name} must be a number of seconds > 0, got "
+                         f"{type(seconds).__name__} {seconds!r}")
+    # Comparisons, not math.isfinite: they refuse nan and inf and never overflow on huge ints.
+    if not 0 < seconds <= limit:
+        raise ValueError(f"{name} must be a number of seconds > 0 and at most {limit} "
+                         f"({why}), got {seconds!r}")
+    return seconds
+
+
+def _check_expire(expire: float, name: str = "expire") -> float:
+    """Check a session lifetime: at most 400 days, the longest browsers keep a cookie."""
+    return _check_seconds(expire, name, _MAX_EXPIRE, "400 days, the longest browsers keep a "
+                          "cookie")
+
+
+def _html_table(title: str, rows: Iterable[tuple[str, Any]]) -> str:
+    """A small HTML table for Jupyter's rich display, every cell escaped."""
+    body = "".join(
+        f"<tr><th style='text-align:left'>{html.escape(name)}</th>"
+        f"<td style='text-align:left'><code>{html.escape(str(value))}</code></td></tr>"
+        for name, value in rows
+    )
+    caption = f"<caption style='text-align:left'><b>{html.escape(title)}</b></caption>"
+    return f"<table>{caption}{body}</table>"
 
 
 # ============================================================================
@@ -466,7 +508,7 @@ class Cookies:
 
 
 # ============================================================================
-# Stores (Store API, MemoryStore, SQLiteStore, RedisStore, check_store)
+# The Store API
 # ============================================================================
 #
 # A store keeps each session's data as a map of key -> JSON value.  Every
@@ -541,37 +583,544 @@ def decode_json(text: str | bytes) -> Any:
     return value if end == len(text) else json.loads(text)
 
 
-#: The longest expiry: 400 days, where browsers cap a cookie's lifetime (RFC 6265bis).
-_MAX_EXPIRE = 400 * 24 * 60 * 60
+# ============================================================================
+# Sessions
+# ============================================================================
+#
+# A session is a token in a cookie and the data a store keeps under
+# ``id_prefix + token``.  Options are checked once (``_Config``); a filter
+# shares one ``_Config`` among all its requests.
+
+# 30 random bytes in base64: ours are URL-safe, Node's use '+' and '/'; both pass.
+_TOKEN = re.compile(r"[A-Za-z0-9+/_-]{40}")
+_TOKEN_BYTES = 30
+_CONTROL_OR_SEPARATOR = re.compile(r"[\x00-\x20\x7f;=,\"\\]")
 
 
-def _check_seconds(seconds: float, name: str, limit: float, why: str) -> float:
-    """Return ``seconds`` if it is a number in (0, limit], else raise ValueError naming it."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise ValueError(f"{name} must be a number of seconds > 0, got "
-                         f"{type(seconds).__name__} {seconds!r}")
-    # Comparisons, not math.isfinite: they refuse nan and inf and never overflow on huge ints.
-    if not 0 < seconds <= limit:
-        raise ValueError(f"{name} must be a number of seconds > 0 and at most {limit} "
-                         f"({why}), got {seconds!r}")
-    return seconds
+class _Config:
+    """The options of a session, checked once; shared by every request of a filter."""
+
+    __slots__ = ("_suffix", "clock", "cookie_name", "domain", "expire", "id_prefix", "keygrip",
+                 "samesite", "secure")
+
+    def __init__(
+        self,
+        *,
+        keys: Keygrip | Sequence[str | bytes] | None = None,
+        expire: float = TWO_WEEKS,
+        cookie_name: str = "s",
+        id_prefix: str = "session:",
+        secure: bool | None = None,
+        samesite: str | None = "Lax",
+        domain: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keygrip = keys if keys is None or isinstance(keys, Keygrip) else Keygrip(keys)
+        self.expire = _check_expire(expire)
+        if not isinstance(cookie_name, str) or not cookie_name:
+            raise ValueError(f"cookie_name must be a non-empty str, got {cookie_name!r}")
+        if not _COOKIE_NAME.fullmatch(cookie_name):
+            raise ValueError(
+                f"cookie_name {cookie_name!r} is not allowed: use letters, digits and "
+                "!#$%&'*+-.^_`|~ (no spaces, ';', '=', ',', quotes or control characters)"
+            )
+        if not isinstance(id_prefix, str):
+            raise ValueError(f"id_prefix must be a str ('' for the bare token), got {id_prefix!r}")
+        if samesite is not None and (not isinstance(samesite, str)
+                                     or samesite.lower() not in _SAMESITE):
+            raise ValueError(f"samesite must be 'Lax', 'Strict', 'None' or None, got {samesite!r}")
+        if secure is not None and not isinstance(secure, bool):
+            raise ValueError(f"secure must be True, False or None (automatic), got {secure!r}")
+        if domain is not None and (not isinstance(domain, str) or not domain
+                                   or _CONTROL_OR_SEPARATOR.search(domain)):
+            raise ValueError(f"domain must be a host name such as 'example.com', got {domain!r}")
+        # Browsers match these prefixes case-insensitively (RFC 6265bis).
+        prefixed = cookie_name.lower().startswith(("__host-", "__secure-"))
+        if secure is False and (prefixed or (samesite or "").lower() == "none"):
+            why = "a __Host-/__Secure- cookie_name" if prefixed else "samesite='None'"
+            raise ValueError(f"secure=False is not allowed with {why}: browsers drop such cookies")
+        if cookie_name.lower().startswith("__host-") and domain is not None:
+            raise ValueError(f"domain must be None for cookie_name {cookie_name!r}: __Host- "
+                             "cookies are bound to the host that set them")
+        if not callable(clock):
+            raise ValueError(f"clock must be a function returning epoch seconds, got {clock!r}")
+        self.cookie_name = cookie_name
+        self.id_prefix = id_prefix
+        # None means: Secure when the request came over HTTPS.  Prefixed and
+        # SameSite=None cookies are always Secure.
+        self.secure = True if prefixed or (samesite or "").lower() == "none" else secure
+        self.samesite = samesite
+        self.domain = domain
+        self.clock = clock
+        self._suffix: tuple[int, bool, str] = (-1, False, "")
+
+    def suffix(self, secure: bool) -> str:
+        """The cookie's attributes with an expiry ``expire`` from now; made once a second."""
+        expires = int(self.clock() + self.expire)
+        cached = self._suffix
+        if cached[0] == expires and cached[1] is secure:
+            return cached[2]
+        text = _attribute_suffix(self.cookie_name, "/", _http_date(expires), self.domain,
+                                 self.samesite, secure, True)
+        self._suffix = (expires, secure, text)  # one tuple, swapped whole: safe across threads
+        return text
 
 
-def _check_expire(expire: float, name: str = "expire") -> float:
-    """Check a session lifetime: at most 400 days, the longest browsers keep a cookie."""
-    return _check_seconds(expire, name, _MAX_EXPIRE, "400 days, the longest browsers keep a "
-                          "cookie")
+_OPTIONS = ("keys", "expire", "cookie_name", "id_prefix", "secure", "samesite", "domain", "clock")
 
 
-def _html_table(title: str, rows: Iterable[tuple[str, Any]]) -> str:
-    """A small HTML table for Jupyter's rich display, every cell escaped."""
-    body = "".join(
-        f"<tr><th style='text-align:left'>{html.escape(name)}</th>"
-        f"<td style='text-align:left'><code>{html.escape(str(value))}</code></td></tr>"
-        for name, value in rows
-    )
-    caption = f"<caption style='text-align:left'><b>{html.escape(title)}</b></caption>"
-    return f"<table>{caption}{body}</table>"
+def _config(options: dict[str, Any]) -> _Config:
+    """Check the options once; an unknown one is named, with the ones that exist."""
+    for name in options:
+        if name not in _OPTIONS:
+            raise TypeError(f"unknown session option {name!r}; the options are "
+                            f"{', '.join(_OPTIONS)} (and cookies, for GenericSession)")
+    return _Config(**options)
+
+
+def _new_token() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(_TOKEN_BYTES)).decode("ascii")
+
+
+class GenericSession:
+    """The session of one request: a token in a cookie, its data in a store.
+
+    :param request: a WSGI environ, or an object with ``.environ``.
+    :param response: where ``Set-Cookie`` goes (see :class:`Cookies`).
+    :param store: any object with the Store API (:class:`Store`).
+    :param keys: secret keys (newest first) or a :class:`Keygrip`: sign the cookie.
+    :param cookies: a :class:`Cookies` to use instead of making one; its keys (if any)
+        sign the session, so ``keys`` must not be given too.
+    :param expire: seconds of inactivity before the session ends (two weeks).
+    :param cookie_name: the cookie's name (``s``; the signature goes in ``s.sig``).
+    :param id_prefix: put before the token to make the store's id (``session:``).
+    :param secure: ``None`` sets Secure when the request came over HTTPS.
+    :param samesite: ``'Lax'`` (default), ``'Strict'``, ``'None'``, or None to omit it.
+    :param domain: the cookie's Domain, or None for the host that set it.
+    :param clock: epoch seconds, for the cookie's Expires (inject one in tests).
+    :raises ValueError: for a bad option, naming it.
+
+    Made directly, the session reads or mints its token and sends the cookie at
+    once, as Node's does.  Every method renews the expiry in the store.  Each
+    method also takes a keyword-only ``callback(error, result)`` for code ported
+    from Node; with it, errors go to the callback instead of being raised.
+    """
+
+    __slots__ = ("_config", "_cookies", "_environ", "_id", "_response", "_token", "store")
+
+    def __init__(
+        self, request: Any, response: Any, store: Store, *,
+        cookies: Cookies | None = None, **options: Any,
+    ) -> None:
+        if cookies is not None:
+            if "keys" in options:
+                raise ValueError("keys and cookies are given together: the cookies' own keys "
+                                 "sign and verify, so make it Cookies(request, response, keys)")
+            options["keys"] = cookies.keys  # the session is signed exactly when its cookies are
+        self._setup(_environ_of(request), response, store, _config(options), cookies)
+        self._start()
+
+    def _setup(self, environ: Environ, response: Any, store: Store, config: _Config,
+               cookies: Cookies | None = None) -> None:
+        self._environ = environ
+        self._response = response
+        self.store = store
+        self._config = config
+        self._cookies = cookies
+        self._token: str | None = None
+        self._id = ""
+
+    @classmethod
+    def _lazy(cls, environ: Environ, response: Any, store: Store,
+              config: _Config) -> GenericSession:
+        """A session that reads its cookie and sends one only when first used (the filter's)."""
+        session = cls.__new__(cls)
+        # Only what the cookies need, not the environ itself: the environ holds the
+        # session, and that cycle would leave every request to the garbage collector.
+        needed = {"HTTP_COOKIE": environ.get("HTTP_COOKIE", ""),
+                  "wsgi.url_scheme": environ.get("wsgi.url_scheme")}
+        session._setup(needed, response, store, config)
+        return session
+
+    def _start(self) -> None:
+        """Read the token (or mint one) and (re)send the cookie with the sliding expiry."""
+        config = self._config
+        cookies = self.cookies
+        name = config.cookie_name
+        if config.keygrip is None:
+            token = cookies.get(name, signed=False)
+        else:  # both cookies are re-sent below: no need for get()'s repairs
+            token, index = cookies._signed(name)
+            if index < 0:
+                token = None
+        if token is None or not _TOKEN.fullmatch(token):
+            token = _new_token()
+        self._issue(token)
+
+    def _issue(self, token: str) -> None:
+        """Take ``token`` as the session's and send its cookie with the sliding expiry."""
+        config = self._config
+        # Name, token and attributes were all checked already: no Cookies.set needed.
+        self.cookies._send(config.cookie_name, token, config.suffix(self._secure()),
+                           config.keygrip is not None)
+        # Only now: a session whose cookie could not be sent must not store anything.
+        self._token = token
+        self._id = config.id_prefix + token
+
+    def _attributes(self) -> dict[str, Any]:
+        """The cookie's attributes, the same whether it is sent or cleared."""
+        config = self._config
+        return {"domain": config.domain, "samesite": config.samesite, "secure": self._secure(),
+                "httponly": True, "signed": config.keygrip is not None}
+
+    def _secure(self) -> bool:
+        """Whether the cookie is Secure: as configured, or when the request came over HTTPS."""
+        secure = self._config.secure
+        return self.cookies.is_https if secure is None else secure
+
+    @property
+    def cookies(self) -> Cookies:
+        """The :class:`Cookies` this session reads and writes its cookie with."""
+        if self._cookies is None:
+            self._cookies = Cookies(self._environ, self._response, self._config.keygrip)
+        return self._cookies
+
+    @property
+    def token(self) -> str:
+        """The random token in the cookie (40 characters)."""
+        if self._token is None:
+            self._start()
+        return self._token  # type: ignore[return-value]  # _start set it
+
+    @property
+    def id(self) -> SessionId:
+        """The id the store knows the session by: ``id_prefix + token``."""
+        if self._token is None:
+            self._start()
+        return self._id
+
+    @property
+    def expire(self) -> float:
+        """Seconds of inactivity before the session ends."""
+        return self._config.expire
+
+    @property
+    def started(self) -> bool:
+        """True once the session has read its token and sent its cookie."""
+        return self._token is not None
+
+    def __repr__(self) -> str:
+        if self._token is None:
+            return f"GenericSession(<not started>, expire={self.expire}, store={self.store!r})"
+        short = self._config.id_prefix + self._token[:6] + "…"
+        return f"GenericSession(id={short!r}, expire={self.expire}, store={self.store!r})"
+
+    def _repr_html_(self) -> str:
+        config = self._config
+        if self._token is None:
+            return _html_table("GenericSession (not started)", [("store", repr(self.store))])
+        flags = self._attributes()
+        signed = flags.pop("signed")
+        attributes = "; ".join(["path=/"] + [
+            f"{name}={value.lower() if name == 'samesite' else value}"
+            if isinstance(value, str) else name
+            for name, value in flags.items() if value])
+        try:  # a read, which renews the expiry as every read does
+            data: Any = self.store.get_all(self._id, config.expire)
+        except Exception as error:  # a notebook should show the failure, not raise it
+            data = f"<{type(error).__name__}: {error}>"
+        return _html_table("GenericSession", [
+            ("id", config.id_prefix + self._token[:6] + "…"),
+            ("cookie", f"{config.cookie_name}=…; {attributes}"),
+            ("signed", f"yes: {config.cookie_name}.sig" if signed else "no"),
+            ("expire", f"{config.expire} s (sliding)"),
+            ("store", repr(self.store)),
+            ("data", json.dumps(data, ensure_ascii=False) if isinstance(data, dict) else data),
+        ])
+
+    @staticmethod
+    def _run(callback: Callback | None, operation: Callable[[], Any]) -> Any:
+        """Run ``operation``; with a callback, hand it ``(error, result)`` instead of raising."""
+        if callback is None:
+            return operation()
+        try:
+            result = operation()
+        except Exception as error:
+            callback(error, None)
+            return None
+        callback(None, result)
+        return result
+
+    def get(self, key: str | None = None, *, callback: Callback | None = None) -> Any:
+        """Return the value stored under ``key`` (a copy), or None; no key: :meth:`get_all`."""
+        if key is None:
+            return self.get_all(callback=callback)
+        if callback is not None:
+            return self._run(callback, lambda: self.get(key))
+        return self.store.get(self.id, _check_key(key), self.expire)
+
+    def get_all(self, *, callback: Callback | None = None) -> dict[str, Any]:
+        """Return all the session's data as a new dict."""
+        if callback is not None:
+            return self._run(callback, self.get_all)  # type: ignore[no-any-return]
+        return self.store.get_all(self.id, self.expire)
+
+    def set(self, key: str, value: Any = None, *, callback: Callback | None = None) -> None:
+        """Store ``value`` (JSON-serialisable; None by default) under ``key``.
+
+        :raises TypeError: for a value that is not JSON, naming the key; nothing is stored.
+        """
+        if callback is not None:
+            self._run(callback, lambda: self.set(key, value))
+        else:
+            self.store.set(self.id, _check_key(key), value, self.expire)
+
+    def delete(self, key: str | None = None, *, callback: Callback | None = None) -> None:
+        """Remove ``key``.  Beware: with no key this is :meth:`delete_all`, as in Node."""
+        if key is None:
+            self.delete_all(callback=callback)
+        else:
+            self._run(callback,
+                      lambda: self.store.delete(self.id, _check_key(key), self.expire))
+
+    def delete_all(self, *, callback: Callback | None = None) -> None:
+        """Remove all the session's data; the cookie stays."""
+        self._run(callback, lambda: self.store.delete_all(self.id))
+
+    def destroy(self, *, callback: Callback | None = None) -> None:
+        """Remove all the data and expire the cookie (and its signature) on the client.
+
+        The session keeps its id: a write after this, in the same request, goes
+        to a session whose cookie was cleared (use :meth:`regenerate` to go on).
+        """
+        def destroy() -> None:
+            self.store.delete_all(self.id)
+            self.cookies.set(self._config.cookie_name, None, **self._attributes())
+
+        self._run(callback, destroy)
+
+    def regenerate(self, *, callback: Callback | None = None) -> None:
+        """Start over with a new token and no data: call it at login, against session fixation.
+
+        A token planted by an attacker before the login is worth nothing after it.
+        Keep what you need with :meth:`get_all` first and :meth:`set` it again.
+        """
+        def regenerate() -> None:
+            self.store.delete_all(self.id)
+            self._issue(_new_token())
+
+        self._run(callback, regenerate)
+
+    def touch(self, *, callback: Callback | None = None) -> None:
+        """Renew the expiry only (what Node's ``get()`` without a callback does)."""
+        self._run(callback, lambda: self.store.extend(self.id, self.expire))
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"session key must be a str, got {type(key).__name__}: {key!r}")
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TypeError(f"session key {key!r} is not valid Unicode text "
+                            "(it holds a lone surrogate)") from None
+    return key
+
+
+# ============================================================================
+# WSGI and Bottle integration
+# ============================================================================
+#
+# ``filter(store, **options)(app)`` wraps a WSGI app.  Each request gets a lazy
+# session: nothing is read, sent or stored until the app uses it, so health
+# checks and crawlers mint no sessions.  Once used, its Set-Cookie headers are
+# added when the app calls ``start_response``.
+
+#: The environ key of the request's session (PEP 3333: an extension's key has a dot).
+ENVIRON_KEY = "generic_session.session"
+
+_UNAVAILABLE = b"503 Service Unavailable: the session store is unavailable\n"
+
+
+class _DeferredStart:
+    """Holds the app's ``start_response`` until the body is ready, then adds the cookies.
+
+    PEP 3333 lets headers change until the first body byte, and apps do use the
+    session after calling ``start_response``; so the server's ``start_response``
+    is called when the app returns (or yields its first chunk, or calls ``write``).
+    """
+
+    __slots__ = ("_start_response", "_write", "cookies", "exc_info", "headers", "status")
+
+    def __init__(self, start_response: Callable[..., Any]) -> None:
+        self._start_response = start_response
+        self._write: Callable[[bytes], object] | None = None
+        # The session's Set-Cookie headers by cookie name: a cookie sent twice (a
+        # destroy after a start, say) goes out once, as it was last set.
+        self.cookies: dict[str, str] = {}
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.exc_info: Any = None
+
+    def add_cookie(self, name: str, header: str) -> None:
+        """The session's way to send a cookie: the last one of each name goes out."""
+        if self._write is not None:
+            raise SessionError(
+                f"cookie {name!r} cannot be sent: the response headers are already out; "
+                "use the session before the app returns its body (or yields its first chunk)")
+        self.cookies[name] = header
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], object]:
+        if self._write is not None:  # already sent: the server decides (it re-raises exc_info)
+            return self._start_response(status, headers, exc_info)  # type: ignore[no-any-return]
+        if self.status is not None and exc_info is None:
+            raise AssertionError("start_response called a second time without exc_info "
+                                 "(PEP 3333 allows that only to report an error)")
+        self.status, self.headers, self.exc_info = status, headers, exc_info
+        return self.write
+
+    def send(self) -> None:
+        """Call the server's ``start_response`` with the app's headers and the cookies."""
+        if self._write is not None:
+            return
+        if self.status is None:
+            raise RuntimeError("the WSGI app returned without calling start_response")
+        headers = self.headers
+        if self.cookies:
+            headers = _vary_on_cookie(headers)
+            headers += [("Set-Cookie", value) for value in self.cookies.values()]
+        self._write = self._start_response(self.status, headers, self.exc_info)
+        self.exc_info = None  # its traceback would keep the whole request alive
+
+    def write(self, data: bytes) -> None:
+        """The legacy ``write`` callable: the headers go first."""
+        self.send()
+        self._write(data)  # type: ignore[misc]  # send() set it
+
+
+def _vary_on_cookie(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A copy of ``headers`` that varies on ``Cookie``: a response that sets a session
+    cookie depends on the cookie, and a shared cache must not serve it to anyone else."""
+    for index, (name, value) in enumerate(headers):
+        if name.lower() == "vary":
+            varies = {item.strip().lower() for item in value.split(",")}
+            headers = list(headers)
+            if not varies & {"cookie", "*"}:
+                headers[index] = (name, f"{value}, Cookie" if value.strip() else "Cookie")
+            return headers
+    return [*headers, ("Vary", "Cookie")]
+
+
+def _close(body: Iterable[bytes]) -> None:
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+
+
+class _DeferredBody:
+    """The response of a generator app: run to its first chunk before the headers go.
+
+    An iterable with ``close()``, as PEP 3333 wants: the server closes it even when
+    it never iterated it, and the app's body is closed then too.
+    """
+
+    __slots__ = ("_body", "_chunks")
+
+    def __init__(self, body: Iterable[bytes], response: _DeferredStart,
+                 environ: Environ, start_response: Callable[..., Any]) -> None:
+        self._body = body
+        self._chunks = self._run(body, response, environ, start_response)
+
+    @staticmethod
+    def _run(body: Iterable[bytes], response: _DeferredStart, environ: Environ,
+             start_response: Callable[..., Any]) -> Generator[bytes, None, None]:
+        iterator = iter(body)
+        try:
+            first = next(iterator, b"")
+            response.send()
+        except StoreError as error:
+            yield from _unavailable(error, environ, start_response)
+            return
+        yield first
+        yield from iterator
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        try:
+            self._chunks.close()
+        finally:
+            _close(self._body)
+
+
+def _unavailable(error: StoreError, environ: Environ,
+                 start_response: Callable[..., Any]) -> list[bytes]:
+    """A plain 503 for a store that is down; the error goes to the server's log."""
+    print(f"generic_session: {error}", file=environ.get("wsgi.errors", sys.stderr))
+    start_response("503 Service Unavailable",
+                   [("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(_UNAVAILABLE)))], sys.exc_info())
+    return [_UNAVAILABLE]
+
+
+def filter(store: Store, **options: Any) -> Callable[[WSGIApp], WSGIApp]:
+    """Return ``wrap(app)``: WSGI middleware giving each request a :class:`GenericSession`.
+
+    The session is ``environ[ENVIRON_KEY]`` (``'generic_session.session'``) and, under Bottle,
+    ``bottle.request.session``.  Options are those of :class:`GenericSession`
+    (but ``cookies``, which is per request), checked now.  A :class:`StoreError`
+    that escapes the app becomes a plain 503 response (Bottle apps: make them
+    with ``app.config["catchall"] = False`` so it escapes).
+
+    :raises ValueError: for a bad option, naming it.
+    """
+    if "cookies" in options:
+        raise ValueError("cookies is per request: the filter makes a Cookies for each request")
+    config = _config(options)
+    for method in ("get", "get_all", "set", "delete", "delete_all", "extend"):
+        if not callable(getattr(store, method, None)):
+            raise ValueError(f"store {store!r} has no {method}() method: see the Store API")
+    lazy = GenericSession._lazy
+
+    def wrap(app: WSGIApp) -> WSGIApp:
+        def session_app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+            response = _DeferredStart(start_response)
+            session = lazy(environ, response, store, config)
+            environ[ENVIRON_KEY] = session
+            environ["bottle.request.ext.session"] = session  # bottle.request.session
+            try:
+                body = app(environ, response.start_response)
+            except StoreError as error:
+                return _unavailable(error, environ, start_response)
+            if response.status is None:  # a generator app: it starts when iterated
+                return _DeferredBody(body, response, environ, start_response)
+            try:
+                response.send()
+            except BaseException:
+                _close(body)
+                raise
+            return body
+
+        session_app.__wrapped__ = app  # type: ignore[attr-defined]
+        return session_app
+
+    return wrap
+
+
+#: Node's other name for :func:`filter`.
+middleware = filter
+
+
+# ============================================================================
+# Shipped stores (MemoryStore, SQLiteStore, RedisStore)
+# ============================================================================
+#
+# Three implementations of the Store API: in the process (``MemoryStore``), in a
+# file shared by the processes of one machine (``SQLiteStore``), and on a Redis
+# server shared by many machines (``RedisStore``).  Each passes ``check_store``.
 
 
 class _MemoryEntry:
@@ -1061,7 +1610,14 @@ class RedisStore:
         self._run("extend", lambda p: p.pexpire(name, self._ms(expire)))
 
 
-# -- The contract every store passes ------------------------------------------
+
+# ============================================================================
+# Appendix: check_store, the contract every store passes
+# ============================================================================
+#
+# ``check_store(store)`` runs the Store API's rules against a live store and
+# raises AssertionError naming the first one broken.  Every shipped store passes
+# it in the tests; run it on a store you write.
 
 _JSON_SAMPLES: tuple[Any, ...] = (
     None, True, False, 0, -7, 2**53, 1.5, -0.25, "", "text", "ünïcødé ✓ \"quoted\"\n",
@@ -1262,530 +1818,3 @@ def _check_concurrent_writers(store: Any, name: str, id: SessionId, writes: int,
     _expect(not lost, name, f"get_all after {len(_WRITERS)} concurrent writers set {writes} "
             "keys each", f"all {len(_WRITERS) * writes} keys", f"{len(lost)} lost, e.g. {lost[:3]}")
 
-
-# ============================================================================
-# Sessions
-# ============================================================================
-#
-# A session is a token in a cookie and the data a store keeps under
-# ``id_prefix + token``.  Options are checked once (``_Config``); a filter
-# shares one ``_Config`` among all its requests.
-
-# 30 random bytes in base64: ours are URL-safe, Node's use '+' and '/'; both pass.
-_TOKEN = re.compile(r"[A-Za-z0-9+/_-]{40}")
-_TOKEN_BYTES = 30
-_CONTROL_OR_SEPARATOR = re.compile(r"[\x00-\x20\x7f;=,\"\\]")
-
-
-class _Config:
-    """The options of a session, checked once; shared by every request of a filter."""
-
-    __slots__ = ("_suffix", "clock", "cookie_name", "domain", "expire", "id_prefix", "keygrip",
-                 "samesite", "secure")
-
-    def __init__(
-        self,
-        *,
-        keys: Keygrip | Sequence[str | bytes] | None = None,
-        expire: float = TWO_WEEKS,
-        cookie_name: str = "s",
-        id_prefix: str = "session:",
-        secure: bool | None = None,
-        samesite: str | None = "Lax",
-        domain: str | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.keygrip = keys if keys is None or isinstance(keys, Keygrip) else Keygrip(keys)
-        self.expire = _check_expire(expire)
-        if not isinstance(cookie_name, str) or not cookie_name:
-            raise ValueError(f"cookie_name must be a non-empty str, got {cookie_name!r}")
-        if not _COOKIE_NAME.fullmatch(cookie_name):
-            raise ValueError(
-                f"cookie_name {cookie_name!r} is not allowed: use letters, digits and "
-                "!#$%&'*+-.^_`|~ (no spaces, ';', '=', ',', quotes or control characters)"
-            )
-        if not isinstance(id_prefix, str):
-            raise ValueError(f"id_prefix must be a str ('' for the bare token), got {id_prefix!r}")
-        if samesite is not None and (not isinstance(samesite, str)
-                                     or samesite.lower() not in _SAMESITE):
-            raise ValueError(f"samesite must be 'Lax', 'Strict', 'None' or None, got {samesite!r}")
-        if secure is not None and not isinstance(secure, bool):
-            raise ValueError(f"secure must be True, False or None (automatic), got {secure!r}")
-        if domain is not None and (not isinstance(domain, str) or not domain
-                                   or _CONTROL_OR_SEPARATOR.search(domain)):
-            raise ValueError(f"domain must be a host name such as 'example.com', got {domain!r}")
-        # Browsers match these prefixes case-insensitively (RFC 6265bis).
-        prefixed = cookie_name.lower().startswith(("__host-", "__secure-"))
-        if secure is False and (prefixed or (samesite or "").lower() == "none"):
-            why = "a __Host-/__Secure- cookie_name" if prefixed else "samesite='None'"
-            raise ValueError(f"secure=False is not allowed with {why}: browsers drop such cookies")
-        if cookie_name.lower().startswith("__host-") and domain is not None:
-            raise ValueError(f"domain must be None for cookie_name {cookie_name!r}: __Host- "
-                             "cookies are bound to the host that set them")
-        if not callable(clock):
-            raise ValueError(f"clock must be a function returning epoch seconds, got {clock!r}")
-        self.cookie_name = cookie_name
-        self.id_prefix = id_prefix
-        # None means: Secure when the request came over HTTPS.  Prefixed and
-        # SameSite=None cookies are always Secure.
-        self.secure = True if prefixed or (samesite or "").lower() == "none" else secure
-        self.samesite = samesite
-        self.domain = domain
-        self.clock = clock
-        self._suffix: tuple[int, bool, str] = (-1, False, "")
-
-    def suffix(self, secure: bool) -> str:
-        """The cookie's attributes with an expiry ``expire`` from now; made once a second."""
-        expires = int(self.clock() + self.expire)
-        cached = self._suffix
-        if cached[0] == expires and cached[1] is secure:
-            return cached[2]
-        text = _attribute_suffix(self.cookie_name, "/", _http_date(expires), self.domain,
-                                 self.samesite, secure, True)
-        self._suffix = (expires, secure, text)  # one tuple, swapped whole: safe across threads
-        return text
-
-
-_OPTIONS = ("keys", "expire", "cookie_name", "id_prefix", "secure", "samesite", "domain", "clock")
-
-
-def _config(options: dict[str, Any]) -> _Config:
-    """Check the options once; an unknown one is named, with the ones that exist."""
-    for name in options:
-        if name not in _OPTIONS:
-            raise TypeError(f"unknown session option {name!r}; the options are "
-                            f"{', '.join(_OPTIONS)} (and cookies, for GenericSession)")
-    return _Config(**options)
-
-
-def _new_token() -> str:
-    return base64.urlsafe_b64encode(secrets.token_bytes(_TOKEN_BYTES)).decode("ascii")
-
-
-class GenericSession:
-    """The session of one request: a token in a cookie, its data in a store.
-
-    :param request: a WSGI environ, or an object with ``.environ``.
-    :param response: where ``Set-Cookie`` goes (see :class:`Cookies`).
-    :param store: any object with the Store API (:class:`Store`).
-    :param keys: secret keys (newest first) or a :class:`Keygrip`: sign the cookie.
-    :param cookies: a :class:`Cookies` to use instead of making one; its keys (if any)
-        sign the session, so ``keys`` must not be given too.
-    :param expire: seconds of inactivity before the session ends (two weeks).
-    :param cookie_name: the cookie's name (``s``; the signature goes in ``s.sig``).
-    :param id_prefix: put before the token to make the store's id (``session:``).
-    :param secure: ``None`` sets Secure when the request came over HTTPS.
-    :param samesite: ``'Lax'`` (default), ``'Strict'``, ``'None'``, or None to omit it.
-    :param domain: the cookie's Domain, or None for the host that set it.
-    :param clock: epoch seconds, for the cookie's Expires (inject one in tests).
-    :raises ValueError: for a bad option, naming it.
-
-    Made directly, the session reads or mints its token and sends the cookie at
-    once, as Node's does.  Every method renews the expiry in the store.  Each
-    method also takes a keyword-only ``callback(error, result)`` for code ported
-    from Node; with it, errors go to the callback instead of being raised.
-    """
-
-    __slots__ = ("_config", "_cookies", "_environ", "_id", "_response", "_token", "store")
-
-    def __init__(
-        self, request: Any, response: Any, store: Store, *,
-        cookies: Cookies | None = None, **options: Any,
-    ) -> None:
-        if cookies is not None:
-            if "keys" in options:
-                raise ValueError("keys and cookies are given together: the cookies' own keys "
-                                 "sign and verify, so make it Cookies(request, response, keys)")
-            options["keys"] = cookies.keys  # the session is signed exactly when its cookies are
-        self._setup(_environ_of(request), response, store, _config(options), cookies)
-        self._start()
-
-    def _setup(self, environ: Environ, response: Any, store: Store, config: _Config,
-               cookies: Cookies | None = None) -> None:
-        self._environ = environ
-        self._response = response
-        self.store = store
-        self._config = config
-        self._cookies = cookies
-        self._token: str | None = None
-        self._id = ""
-
-    @classmethod
-    def _lazy(cls, environ: Environ, response: Any, store: Store,
-              config: _Config) -> GenericSession:
-        """A session that reads its cookie and sends one only when first used (the filter's)."""
-        session = cls.__new__(cls)
-        # Only what the cookies need, not the environ itself: the environ holds the
-        # session, and that cycle would leave every request to the garbage collector.
-        needed = {"HTTP_COOKIE": environ.get("HTTP_COOKIE", ""),
-                  "wsgi.url_scheme": environ.get("wsgi.url_scheme")}
-        session._setup(needed, response, store, config)
-        return session
-
-    def _start(self) -> None:
-        """Read the token (or mint one) and (re)send the cookie with the sliding expiry."""
-        config = self._config
-        cookies = self.cookies
-        name = config.cookie_name
-        if config.keygrip is None:
-            token = cookies.get(name, signed=False)
-        else:  # both cookies are re-sent below: no need for get()'s repairs
-            token, index = cookies._signed(name)
-            if index < 0:
-                token = None
-        if token is None or not _TOKEN.fullmatch(token):
-            token = _new_token()
-        self._issue(token)
-
-    def _issue(self, token: str) -> None:
-        """Take ``token`` as the session's and send its cookie with the sliding expiry."""
-        config = self._config
-        # Name, token and attributes were all checked already: no Cookies.set needed.
-        self.cookies._send(config.cookie_name, token, config.suffix(self._secure()),
-                           config.keygrip is not None)
-        # Only now: a session whose cookie could not be sent must not store anything.
-        self._token = token
-        self._id = config.id_prefix + token
-
-    def _attributes(self) -> dict[str, Any]:
-        """The cookie's attributes, the same whether it is sent or cleared."""
-        config = self._config
-        return {"domain": config.domain, "samesite": config.samesite, "secure": self._secure(),
-                "httponly": True, "signed": config.keygrip is not None}
-
-    def _secure(self) -> bool:
-        """Whether the cookie is Secure: as configured, or when the request came over HTTPS."""
-        secure = self._config.secure
-        return self.cookies.is_https if secure is None else secure
-
-    @property
-    def cookies(self) -> Cookies:
-        """The :class:`Cookies` this session reads and writes its cookie with."""
-        if self._cookies is None:
-            self._cookies = Cookies(self._environ, self._response, self._config.keygrip)
-        return self._cookies
-
-    @property
-    def token(self) -> str:
-        """The random token in the cookie (40 characters)."""
-        if self._token is None:
-            self._start()
-        return self._token  # type: ignore[return-value]  # _start set it
-
-    @property
-    def id(self) -> SessionId:
-        """The id the store knows the session by: ``id_prefix + token``."""
-        if self._token is None:
-            self._start()
-        return self._id
-
-    @property
-    def expire(self) -> float:
-        """Seconds of inactivity before the session ends."""
-        return self._config.expire
-
-    @property
-    def started(self) -> bool:
-        """True once the session has read its token and sent its cookie."""
-        return self._token is not None
-
-    def __repr__(self) -> str:
-        if self._token is None:
-            return f"GenericSession(<not started>, expire={self.expire}, store={self.store!r})"
-        short = self._config.id_prefix + self._token[:6] + "…"
-        return f"GenericSession(id={short!r}, expire={self.expire}, store={self.store!r})"
-
-    def _repr_html_(self) -> str:
-        config = self._config
-        if self._token is None:
-            return _html_table("GenericSession (not started)", [("store", repr(self.store))])
-        flags = self._attributes()
-        signed = flags.pop("signed")
-        attributes = "; ".join(["path=/"] + [
-            f"{name}={value.lower() if name == 'samesite' else value}"
-            if isinstance(value, str) else name
-            for name, value in flags.items() if value])
-        try:  # a read, which renews the expiry as every read does
-            data: Any = self.store.get_all(self._id, config.expire)
-        except Exception as error:  # a notebook should show the failure, not raise it
-            data = f"<{type(error).__name__}: {error}>"
-        return _html_table("GenericSession", [
-            ("id", config.id_prefix + self._token[:6] + "…"),
-            ("cookie", f"{config.cookie_name}=…; {attributes}"),
-            ("signed", f"yes: {config.cookie_name}.sig" if signed else "no"),
-            ("expire", f"{config.expire} s (sliding)"),
-            ("store", repr(self.store)),
-            ("data", json.dumps(data, ensure_ascii=False) if isinstance(data, dict) else data),
-        ])
-
-    @staticmethod
-    def _run(callback: Callback | None, operation: Callable[[], Any]) -> Any:
-        """Run ``operation``; with a callback, hand it ``(error, result)`` instead of raising."""
-        if callback is None:
-            return operation()
-        try:
-            result = operation()
-        except Exception as error:
-            callback(error, None)
-            return None
-        callback(None, result)
-        return result
-
-    def get(self, key: str | None = None, *, callback: Callback | None = None) -> Any:
-        """Return the value stored under ``key`` (a copy), or None; no key: :meth:`get_all`."""
-        if key is None:
-            return self.get_all(callback=callback)
-        if callback is not None:
-            return self._run(callback, lambda: self.get(key))
-        return self.store.get(self.id, _check_key(key), self.expire)
-
-    def get_all(self, *, callback: Callback | None = None) -> dict[str, Any]:
-        """Return all the session's data as a new dict."""
-        if callback is not None:
-            return self._run(callback, self.get_all)  # type: ignore[no-any-return]
-        return self.store.get_all(self.id, self.expire)
-
-    def set(self, key: str, value: Any = None, *, callback: Callback | None = None) -> None:
-        """Store ``value`` (JSON-serialisable; None by default) under ``key``.
-
-        :raises TypeError: for a value that is not JSON, naming the key; nothing is stored.
-        """
-        if callback is not None:
-            self._run(callback, lambda: self.set(key, value))
-        else:
-            self.store.set(self.id, _check_key(key), value, self.expire)
-
-    def delete(self, key: str | None = None, *, callback: Callback | None = None) -> None:
-        """Remove ``key``.  Beware: with no key this is :meth:`delete_all`, as in Node."""
-        if key is None:
-            self.delete_all(callback=callback)
-        else:
-            self._run(callback,
-                      lambda: self.store.delete(self.id, _check_key(key), self.expire))
-
-    def delete_all(self, *, callback: Callback | None = None) -> None:
-        """Remove all the session's data; the cookie stays."""
-        self._run(callback, lambda: self.store.delete_all(self.id))
-
-    def destroy(self, *, callback: Callback | None = None) -> None:
-        """Remove all the data and expire the cookie (and its signature) on the client.
-
-        The session keeps its id: a write after this, in the same request, goes
-        to a session whose cookie was cleared (use :meth:`regenerate` to go on).
-        """
-        def destroy() -> None:
-            self.store.delete_all(self.id)
-            self.cookies.set(self._config.cookie_name, None, **self._attributes())
-
-        self._run(callback, destroy)
-
-    def regenerate(self, *, callback: Callback | None = None) -> None:
-        """Start over with a new token and no data: call it at login, against session fixation.
-
-        A token planted by an attacker before the login is worth nothing after it.
-        Keep what you need with :meth:`get_all` first and :meth:`set` it again.
-        """
-        def regenerate() -> None:
-            self.store.delete_all(self.id)
-            self._issue(_new_token())
-
-        self._run(callback, regenerate)
-
-    def touch(self, *, callback: Callback | None = None) -> None:
-        """Renew the expiry only (what Node's ``get()`` without a callback does)."""
-        self._run(callback, lambda: self.store.extend(self.id, self.expire))
-
-
-def _check_key(key: Any) -> str:
-    if not isinstance(key, str):
-        raise TypeError(f"session key must be a str, got {type(key).__name__}: {key!r}")
-    if not key.isascii():
-        try:
-            key.encode("utf-8")
-        except UnicodeEncodeError:
-            raise TypeError(f"session key {key!r} is not valid Unicode text "
-                            "(it holds a lone surrogate)") from None
-    return key
-
-
-# ============================================================================
-# WSGI and Bottle integration
-# ============================================================================
-#
-# ``filter(store, **options)(app)`` wraps a WSGI app.  Each request gets a lazy
-# session: nothing is read, sent or stored until the app uses it, so health
-# checks and crawlers mint no sessions.  Once used, its Set-Cookie headers are
-# added when the app calls ``start_response``.
-
-_UNAVAILABLE = b"503 Service Unavailable: the session store is unavailable\n"
-
-
-class _DeferredStart:
-    """Holds the app's ``start_response`` until the body is ready, then adds the cookies.
-
-    PEP 3333 lets headers change until the first body byte, and apps do use the
-    session after calling ``start_response``; so the server's ``start_response``
-    is called when the app returns (or yields its first chunk, or calls ``write``).
-    """
-
-    __slots__ = ("_start_response", "_write", "cookies", "exc_info", "headers", "status")
-
-    def __init__(self, start_response: Callable[..., Any]) -> None:
-        self._start_response = start_response
-        self._write: Callable[[bytes], object] | None = None
-        # The session's Set-Cookie headers by cookie name: a cookie sent twice (a
-        # destroy after a start, say) goes out once, as it was last set.
-        self.cookies: dict[str, str] = {}
-        self.status: str | None = None
-        self.headers: list[tuple[str, str]] = []
-        self.exc_info: Any = None
-
-    def add_cookie(self, name: str, header: str) -> None:
-        """The session's way to send a cookie: the last one of each name goes out."""
-        if self._write is not None:
-            raise SessionError(
-                f"cookie {name!r} cannot be sent: the response headers are already out; "
-                "use the session before the app returns its body (or yields its first chunk)")
-        self.cookies[name] = header
-
-    def start_response(self, status: str, headers: list[tuple[str, str]],
-                       exc_info: Any = None) -> Callable[[bytes], object]:
-        if self._write is not None:  # already sent: the server decides (it re-raises exc_info)
-            return self._start_response(status, headers, exc_info)  # type: ignore[no-any-return]
-        if self.status is not None and exc_info is None:
-            raise AssertionError("start_response called a second time without exc_info "
-                                 "(PEP 3333 allows that only to report an error)")
-        self.status, self.headers, self.exc_info = status, headers, exc_info
-        return self.write
-
-    def send(self) -> None:
-        """Call the server's ``start_response`` with the app's headers and the cookies."""
-        if self._write is not None:
-            return
-        if self.status is None:
-            raise RuntimeError("the WSGI app returned without calling start_response")
-        headers = self.headers
-        if self.cookies:
-            headers = _vary_on_cookie(headers)
-            headers += [("Set-Cookie", value) for value in self.cookies.values()]
-        self._write = self._start_response(self.status, headers, self.exc_info)
-        self.exc_info = None  # its traceback would keep the whole request alive
-
-    def write(self, data: bytes) -> None:
-        """The legacy ``write`` callable: the headers go first."""
-        self.send()
-        self._write(data)  # type: ignore[misc]  # send() set it
-
-
-def _vary_on_cookie(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """A copy of ``headers`` that varies on ``Cookie``: a response that sets a session
-    cookie depends on the cookie, and a shared cache must not serve it to anyone else."""
-    for index, (name, value) in enumerate(headers):
-        if name.lower() == "vary":
-            varies = {item.strip().lower() for item in value.split(",")}
-            headers = list(headers)
-            if not varies & {"cookie", "*"}:
-                headers[index] = (name, f"{value}, Cookie" if value.strip() else "Cookie")
-            return headers
-    return [*headers, ("Vary", "Cookie")]
-
-
-def _close(body: Iterable[bytes]) -> None:
-    close = getattr(body, "close", None)
-    if close is not None:
-        close()
-
-
-class _DeferredBody:
-    """The response of a generator app: run to its first chunk before the headers go.
-
-    An iterable with ``close()``, as PEP 3333 wants: the server closes it even when
-    it never iterated it, and the app's body is closed then too.
-    """
-
-    __slots__ = ("_body", "_chunks")
-
-    def __init__(self, body: Iterable[bytes], response: _DeferredStart,
-                 environ: Environ, start_response: Callable[..., Any]) -> None:
-        self._body = body
-        self._chunks = self._run(body, response, environ, start_response)
-
-    @staticmethod
-    def _run(body: Iterable[bytes], response: _DeferredStart, environ: Environ,
-             start_response: Callable[..., Any]) -> Generator[bytes, None, None]:
-        iterator = iter(body)
-        try:
-            first = next(iterator, b"")
-            response.send()
-        except StoreError as error:
-            yield from _unavailable(error, environ, start_response)
-            return
-        yield first
-        yield from iterator
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._chunks
-
-    def close(self) -> None:
-        try:
-            self._chunks.close()
-        finally:
-            _close(self._body)
-
-
-def _unavailable(error: StoreError, environ: Environ,
-                 start_response: Callable[..., Any]) -> list[bytes]:
-    """A plain 503 for a store that is down; the error goes to the server's log."""
-    print(f"generic_session: {error}", file=environ.get("wsgi.errors", sys.stderr))
-    start_response("503 Service Unavailable",
-                   [("Content-Type", "text/plain; charset=utf-8"),
-                    ("Content-Length", str(len(_UNAVAILABLE)))], sys.exc_info())
-    return [_UNAVAILABLE]
-
-
-def filter(store: Store, **options: Any) -> Callable[[WSGIApp], WSGIApp]:
-    """Return ``wrap(app)``: WSGI middleware giving each request a :class:`GenericSession`.
-
-    The session is ``environ['generic_session']`` and, under Bottle,
-    ``bottle.request.session``.  Options are those of :class:`GenericSession`
-    (but ``cookies``, which is per request), checked now.  A :class:`StoreError`
-    that escapes the app becomes a plain 503 response (Bottle apps: make them
-    with ``app.config["catchall"] = False`` so it escapes).
-
-    :raises ValueError: for a bad option, naming it.
-    """
-    if "cookies" in options:
-        raise ValueError("cookies is per request: the filter makes a Cookies for each request")
-    config = _config(options)
-    for method in ("get", "get_all", "set", "delete", "delete_all", "extend"):
-        if not callable(getattr(store, method, None)):
-            raise ValueError(f"store {store!r} has no {method}() method: see the Store API")
-    lazy = GenericSession._lazy
-
-    def wrap(app: WSGIApp) -> WSGIApp:
-        def session_app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
-            response = _DeferredStart(start_response)
-            session = lazy(environ, response, store, config)
-            environ["generic_session"] = session
-            environ["bottle.request.ext.session"] = session  # bottle.request.session
-            try:
-                body = app(environ, response.start_response)
-            except StoreError as error:
-                return _unavailable(error, environ, start_response)
-            if response.status is None:  # a generator app: it starts when iterated
-                return _DeferredBody(body, response, environ, start_response)
-            try:
-                response.send()
-            except BaseException:
-                _close(body)
-                raise
-            return body
-
-        session_app.__wrapped__ = app  # type: ignore[attr-defined]
-        return session_app
-
-    return wrap
-
-
-#: Node's other name for :func:`filter`.
-middleware = filter

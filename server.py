@@ -103,7 +103,7 @@ def make_app(store: gs.Store, keys: Sequence[str]) -> WSGIApp:
     app.error_handler[404] = error_page
     app.error_handler[405] = error_page
 
-    wrap = gs.filter(store, keys=list(keys))
+    wrap = gs.middleware(store, keys=list(keys))
     return wrap(app)
 
 

@@ -145,7 +145,7 @@ def bare_app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]
 
 def ours_handler(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """(b)'s inner app: n from the generic_session session."""
-    session = environ["generic_session"]
+    session = environ["generic_session.session"]
     n = session.get("n") or 0
     session.set("n", n + 1)
     return _respond(start_response, n + 1)

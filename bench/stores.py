@@ -124,7 +124,7 @@ def store_ops(name: str, store: Any) -> dict[str, Op]:
 
 
 def counter_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    session: gs.GenericSession = environ["generic_session"]
+    session: gs.GenericSession = environ["generic_session.session"]
     n = session.get("n") or 0
     session.set("n", n + 1)
     start_response("200 OK", [("Content-Type", "text/plain")])

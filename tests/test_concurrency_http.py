@@ -38,7 +38,7 @@ TIMEOUT = 30  # seconds, per HTTP request: never hang the suite
 
 def session_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """``GET /set/<key>/<value>`` stores the string, ``GET /get/<key>`` reads it, as JSON."""
-    session: gs.GenericSession = environ["generic_session"]
+    session: gs.GenericSession = environ["generic_session.session"]
     parts = environ["PATH_INFO"].split("/")[1:]
     if len(parts) == 3 and parts[0] == "set":
         session.set(parts[1], parts[2])

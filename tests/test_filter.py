@@ -56,7 +56,7 @@ def routes(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """The session API over URLs: /set/<key>?value=<json>, /get/<key>, /getall, /del/<key>,
     /delall, /destroy, /id, /token, /touch, /count, /noop, /repr; anything else: 404 with the id.
     """
-    session: GenericSession = environ["generic_session"]
+    session: GenericSession = environ["generic_session.session"]
     request = Request(environ)
     route, *args = request.path_info.strip("/").split("/")
     status = "200 OK"
@@ -374,7 +374,8 @@ def make_bottle_app(*, catchall: bool = True) -> bottle.Bottle:
     @app.get("/same")
     def same() -> dict[str, Any]:
         session = bottle.request.session
-        return {"same": session is bottle.request.environ["generic_session"], "id": session.id}
+        same = session is bottle.request.environ[generic_session.ENVIRON_KEY]
+        return {"same": same, "id": session.id}
 
     @app.get("/set/<key>/<value>")
     def set_value(key: str, value: str) -> dict[str, Any]:
@@ -442,7 +443,7 @@ def test_a_store_that_hangs_answers_503_once_its_timeout_passes(hung_store: Redi
 
 def headers_then_session(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     start_response("200 OK", [("Content-Type", "application/json")])
-    return [json.dumps(environ["generic_session"].get("k")).encode()]
+    return [json.dumps(environ["generic_session.session"].get("k")).encode()]
 
 
 def test_a_store_error_after_start_response_still_answers_503(dead_store: RedisStore) -> None:
@@ -456,7 +457,7 @@ def test_a_store_error_after_start_response_still_answers_503(dead_store: RedisS
 
 def streamed(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
     """A generator app: its body, start_response included, runs as the server iterates."""
-    session = environ["generic_session"]
+    session = environ["generic_session.session"]
     start_response("200 OK", [("Content-Type", "application/json")])
     yield json.dumps(session.get("k")).encode()
 
@@ -587,7 +588,7 @@ def test_an_expire_too_far_for_a_cookie_date_is_refused_at_filter_time() -> None
 def start_response_first(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """A common WSGI style: headers first, then the work, then the body as a list."""
     start_response("200 OK", [("Content-Type", "text/plain")])
-    environ["generic_session"].set("k", "v")
+    environ["generic_session.session"].set("k", "v")
     return [b"stored"]
 
 
@@ -608,7 +609,7 @@ def app_sending(headers: list[tuple[str, str]], *, touch: bool) -> Callable[...,
     """An app answering 200 with ``headers`` (after a Content-Type); ``touch``: it sets a value."""
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if touch:
-            environ["generic_session"].set("k", "v")
+            environ["generic_session.session"].set("k", "v")
         start_response("200 OK", [("Content-Type", "text/plain"), *headers])
         return [b"ok"]
 
@@ -644,7 +645,7 @@ SHARED_HEADERS = [("Content-Type", "text/plain"), ("Vary", "Accept-Encoding")]
 
 def shared_headers_app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """An app answering every request with the same (module-level) header list."""
-    environ["generic_session"].set("k", "v")
+    environ["generic_session.session"].set("k", "v")
     start_response("200 OK", SHARED_HEADERS)
     return [b"ok"]
 
@@ -678,8 +679,7 @@ def test_a_response_that_never_touches_the_session_gets_no_vary_cookie(
 # The server's side of these calls is ``ServerSide``, under ``wsgiref.validate.validator``
 # wrapped around the filter: the validator checks, as a strict server would, that what
 # the filter hands on keeps PEP 3333 (statuses, headers, start_response before the first
-# chunk, close() called).  (Wrapped around the app instead, it would object to the
-# 'generic_session' environ key, an extension without a dot.)
+# chunk, close() called).
 
 
 class ServerSide:
@@ -733,7 +733,7 @@ def lazy_body_app(bodies: list[Body]) -> Callable[..., Iterable[bytes]]:
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         def start() -> None:
             start_response("200 OK", [("Content-Type", "text/plain")])
-            environ["generic_session"].set("k", "v")
+            environ["generic_session.session"].set("k", "v")
 
         bodies.append(Body([b"lazy ", b"body"], before=start))
         return bodies[-1]
@@ -769,7 +769,7 @@ def test_a_lazy_body_iterated_to_the_end_sends_the_cookie_and_is_closed_once() -
 
 def session_then_chunks(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain")])
-    environ["generic_session"].set("k", "v")
+    environ["generic_session.session"].set("k", "v")
     yield b"one, "
     yield b"two"
 
@@ -789,7 +789,7 @@ def test_a_generator_app_using_the_session_before_its_first_chunk_sends_the_cook
 def chunk_then_session(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain")])
     yield b"first"
-    environ["generic_session"].set("k", "v")
+    environ["generic_session.session"].set("k", "v")
     yield b"never sent"
 
 
@@ -818,7 +818,7 @@ def test_a_session_refused_after_the_headers_went_out_refuses_every_later_use_to
         yield b"first"
         for _ in range(2):
             try:
-                environ["generic_session"].set("k", "v")
+                environ["generic_session.session"].set("k", "v")
                 outcomes.append("stored")
             except SessionError:
                 outcomes.append("refused")
@@ -840,7 +840,7 @@ def test_a_start_response_refused_by_the_server_closes_the_body_and_the_error_pr
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         # A control character in a header: the (validating) server refuses it.
         start_response("200 OK", [("Content-Type", "text/plain"), ("X-Note", "bad\x01value")])
-        environ["generic_session"].set("k", "v")
+        environ["generic_session.session"].set("k", "v")
         bodies.append(Body([b"body"]))
         return bodies[-1]
 
@@ -868,7 +868,7 @@ def test_a_second_start_response_without_exc_info_is_an_assertion_error() -> Non
 
 def error_after_headers(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     start_response("200 OK", [("Content-Type", "application/json")])
-    environ["generic_session"].set("k", "v")
+    environ["generic_session.session"].set("k", "v")
     try:
         raise RuntimeError("the page failed after its headers were set")
     except RuntimeError:
@@ -896,7 +896,7 @@ def test_start_response_again_with_exc_info_before_the_body_replaces_the_status(
 def legacy_writer(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """An app using the write() callable that start_response returns (PEP 3333's legacy API)."""
     write = start_response("200 OK", [("Content-Type", "text/plain")])
-    environ["generic_session"].set("k", "v")
+    environ["generic_session.session"].set("k", "v")
     write(b"written, ")
     return [b"then returned"]
 

@@ -1070,7 +1070,7 @@ def test_regenerate_in_the_filter_sends_only_the_new_cookie(store: MemoryStore) 
     from generic_session import filter as session_filter
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        session = environ["generic_session"]
+        session = environ["generic_session.session"]
         old = session.token
         session.regenerate()
         start_response("200 OK", [("Content-Type", "text/plain")])
