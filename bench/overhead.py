@@ -6,7 +6,7 @@ all called in-process, in one run:
 (a) ``bare``: a WSGI app that reads a counter ``n`` from a module-level dict and writes
     ``n + 1``, with no session at all;
 (b) ``generic_session``: the same handler, with ``n`` kept in the session, behind
-    ``generic_session.filter(MemoryStore(), keys=[...])`` (signed cookies ``s`` and
+    ``generic_session.middleware(MemoryStore(), keys=[...])`` (signed cookies ``s`` and
     ``s.sig``, re-sent with a sliding expiry on every request);
 (c) ``beaker``: the same handler behind ``beaker.middleware.SessionMiddleware`` with its
     memory backend (``session.type = 'memory'``, ``session.auto = True``, default cookie
@@ -49,18 +49,21 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import cProfile
 import email.utils
 import gc
 import hmac
 import io
+import json
 import os
 import platform
 import pstats
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,6 +224,8 @@ class Subject:
     template: Environ
     served: int = 0  # requests since the last check
     last_n: int = 0
+    # Entered around each of its batches and checks: a variant with one speed trick off.
+    patch: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
 
 
 def establish(app: WSGIApp, cookie_names: tuple[str, ...]) -> str:
@@ -237,6 +242,11 @@ def establish(app: WSGIApp, cookie_names: tuple[str, ...]) -> str:
 def check(subject: Subject, rounds: int = 3) -> None:
     """Make ``rounds`` requests: n must continue from the last check plus what was served,
     and every response must re-send the same session cookie(s); raise BenchError if not."""
+    with subject.patch():
+        _check(subject, rounds)
+
+
+def _check(subject: Subject, rounds: int) -> None:
     sent = dict(pair.strip().partition("=")[::2]
                 for pair in subject.template.get("HTTP_COOKIE", "").split(";"))
     for index in range(rounds):
@@ -262,6 +272,11 @@ def check(subject: Subject, rounds: int = 3) -> None:
 
 def batch(subject: Subject, count: int) -> float:
     """Time ``count`` requests of one app; return microseconds per request."""
+    with subject.patch():
+        return _batch(subject, count)
+
+
+def _batch(subject: Subject, count: int) -> float:
     app = subject.app
     copy = subject.template.copy
     recorder = Recorder()
@@ -279,15 +294,85 @@ def batch(subject: Subject, count: int) -> float:
     return elapsed / count / 1000
 
 
-def make_subjects() -> list[Subject]:
-    store = MemoryStore()
-    ours_app = generic_session.filter(store, keys=KEYS)(ours_handler)
+Patch = Callable[[], contextlib.AbstractContextManager[object]]
+
+
+def _swap(owner: Any, name: str, value: object) -> Patch:
+    """A patch: ``owner.name = value`` for the duration of a ``with`` block."""
+    @contextlib.contextmanager
+    def patch() -> Iterator[object]:
+        # A class attribute is read from __dict__, so a staticmethod comes back as one.
+        old = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        setattr(owner, name, value)
+        try:
+            yield None
+        finally:
+            setattr(owner, name, old)
+    return patch
+
+
+def trick_variants(keygrip: Keygrip) -> list[tuple[str, Callable[[], Any]]]:
+    """Each speed trick of the hot path, and a patch that does the plain thing instead.
+
+    Timed like the other apps, in the same interleaved rounds, so that "what removing
+    the trick costs" is the variant's time minus ours, under the same noise.  The
+    patches reach into private names: they only ever run inside this benchmark.
+    """
+    gs: Any = generic_session
+    raw = {id(pads): key.encode() for pads, key in zip(keygrip._keyed, KEYS, strict=True)}
+
+    def plain_hmac(pads: Any, data: bytes) -> bytes:
+        digest = hmac.digest(raw[id(pads)], data, "sha1")
+        return base64.urlsafe_b64encode(digest).rstrip(b"=")
+
+    def attributes_every_time(self: Any, secure: bool) -> str:
+        text: str = gs._attribute_suffix("/", gs._http_date(self.clock() + self.expire),
+                                         self.domain, gs._check_samesite(self.samesite), secure,
+                                         True)
+        return text
+
+    read_token = GenericSession.__dict__["_read_token"]
+
+    def sign_again(self: Any) -> tuple[str, None]:
+        return read_token(self)[0], None
+
+    def json_loads(text: str | bytes) -> Any:
+        return json.loads(text)
+
+    encoder = gs._ENCODER
+
+    def encode_without_int_shortcut(key: str, value: Any) -> str:
+        text: str = encoder.encode(value)
+        return text
+
+    return [
+        ("HMAC from prepared pads (Keygrip._keyed)",
+         _swap(Keygrip, "_sign_with", staticmethod(plain_hmac))),
+        ("cookie attributes made once a second",
+         _swap(gs.SessionOptions, "attributes", attributes_every_time)),
+        ("verified signature reused when re-sending",
+         _swap(GenericSession, "_read_token", sign_again)),
+        ("decode_json by raw_decode", _swap(gs, "decode_json", json_loads)),
+        ("encode_json's int shortcut", _swap(gs, "encode_json", encode_without_int_shortcut)),
+    ]
+
+
+def make_subjects(tricks: bool) -> list[Subject]:
+    keygrip = Keygrip(KEYS)
+    ours_app = generic_session.middleware(MemoryStore(), keys=keygrip)(ours_handler)
     beaker_app = SessionMiddleware(beaker_handler, BEAKER_CONFIG)
     ours_cookie = establish(ours_app, ("s", "s.sig"))
     beaker_cookie = establish(beaker_app, ("beaker.session.id",))
     same_app = SessionMiddleware(beaker_handler, BEAKER_SAME_FEATURES)
     same_cookie = establish(same_app, ("beaker.session.id",))
     _BARE_STATE["n"] = 1  # as if its first request had been served too
+    variants = []
+    for label, patch in trick_variants(keygrip) if tricks else []:
+        app = generic_session.middleware(MemoryStore(), keys=keygrip)(ours_handler)
+        with patch():
+            cookie = establish(app, ("s", "s.sig"))
+        variants.append(Subject(f"- {label}", app, ("s", "s.sig"),
+                                {**BASE_ENVIRON, "HTTP_COOKIE": cookie}, last_n=1, patch=patch))
     return [
         # The bare app's client sends a cookie as well, so its environ is the same size.
         Subject("bare", bare_app, (), {**BASE_ENVIRON, "HTTP_COOKIE": ours_cookie}, last_n=1),
@@ -297,6 +382,7 @@ def make_subjects() -> list[Subject]:
                 {**BASE_ENVIRON, "HTTP_COOKIE": beaker_cookie}, last_n=1),
         Subject("beaker (same)", same_app, ("beaker.session.id",),
                 {**BASE_ENVIRON, "HTTP_COOKIE": same_cookie}, last_n=1),
+        *variants,
     ]
 
 
@@ -333,9 +419,7 @@ def micro_profile(loops: int, ours_added_us: float, ours_template: Environ) -> N
     expire = generic_session.TWO_WEEKS
     now = time.time()
     expires = now + expire
-    seconds = [now + offset for offset in range(1024)]  # a new second each call: no cache hit
-    counter = iter(range(1 << 62))
-    config = gs._config({"keys": KEYS})
+    options = generic_session.SessionOptions(keys=KEYS)
 
     def store_get_set() -> Callable[[], object]:
         store = MemoryStore()
@@ -351,13 +435,14 @@ def micro_profile(loops: int, ours_added_us: float, ours_template: Environ) -> N
             "s", token, expires=expires, samesite="Lax", secure=False, httponly=True)
 
     def session_cookie_work() -> Callable[[], object]:
-        config = gs._Config(keys=keygrip)
-        lazy = GenericSession._lazy
+        options = generic_session.SessionOptions(keys=keygrip)
+        lazy = GenericSession.lazy
         store = MemoryStore()
-        return lambda: lazy(ours_template.copy(), [], store, config).id
+        return lambda: lazy(store, options, Cookies(ours_template.copy(), [], keygrip),
+                            https=lambda: False).id
 
     def request_unused() -> Callable[[], object]:
-        app = generic_session.filter(MemoryStore(), keys=KEYS)(unused_session_handler)
+        app = generic_session.middleware(MemoryStore(), keys=KEYS)(unused_session_handler)
         recorder = Recorder()
         return lambda: call(app, ours_template.copy(), recorder)
 
@@ -376,9 +461,8 @@ def micro_profile(loops: int, ours_added_us: float, ours_template: Environ) -> N
          lambda: lambda: (repr(12345), int("12345"))),
         ("email.utils.formatdate(t, usegmt=True)",
          lambda: lambda: email.utils.formatdate(now, usegmt=True)),
-        ("_http_date(t)", lambda: lambda: gs._http_date(seconds[next(counter) & 1023])),
-        ("attributes + Expires, made once a second (_Config.suffix)",
-         lambda: lambda: config.suffix(False)),
+        ("attributes + Expires, made once a second (SessionOptions.attributes)",
+         lambda: lambda: options.attributes(False)),
         ("Cookies(...).set signed: s + s.sig Set-Cookie headers", cookies_set_signed),
         ("lazy session .id: parse + verify + 2 Set-Cookie (no store)", session_cookie_work),
         ("full request through filter, session unused", request_unused),
@@ -400,6 +484,20 @@ def micro_profile(loops: int, ours_added_us: float, ours_template: Environ) -> N
         print(f"  {label:<62} {ns:8.0f} {share:15.0f}%")
     print("  (the rows overlap: indented rows are parts of the row above; the last two rows\n"
           "   contain the HMAC, parse and Set-Cookie rows; 'ours added' is app (b) - app (a))")
+
+
+def print_tricks(times: dict[str, list[float]]) -> None:
+    """What switching each speed trick off costs per request: the variant minus ours, per
+    round (same round, same noise), median over the rounds."""
+    labels = [label for label in times if label.startswith("- ")]
+    if not labels:
+        return
+    print("Speed tricks: what the request costs more without each (kept if >= ~0.5 us)")
+    for label in labels:
+        deltas = [v - o for v, o in zip(times[label], times["generic_session"], strict=True)]
+        print(f"  {label[2:]:<45} {statistics.median(deltas):+6.2f} us/request "
+              f"(rounds: {' '.join(f'{d:+.2f}' for d in deltas)})")
+    print()
 
 
 def print_profile(subject: Subject, count: int) -> None:
@@ -437,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="fewer requests (1,000 x 5) for a fast smoke run")
     parser.add_argument("--requests", type=int, help="requests per app per round (5,000)")
     parser.add_argument("--repeats", type=int, help="timed rounds (7)")
+    parser.add_argument("--no-tricks", action="store_true",
+                        help="skip the variants that each switch one speed trick off")
     parser.add_argument("--profile", action="store_true",
                         help="also print cProfile's top 15 functions of app (b)")
     parser.add_argument("--profile-requests", type=int, default=20_000,
@@ -454,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Beaker config: {BEAKER_CONFIG} + session._update_cookie_out() in the handler")
     print("beaker (same): the same, signed, with a two-week expiry and HttpOnly, as ours is")
 
-    subjects = make_subjects()
+    subjects = make_subjects(tricks=not args.no_tricks)
     for subject in subjects:
         check(subject)
     print("checks passed: n increments, each response re-sends the same session cookie(s)")
@@ -474,11 +574,12 @@ def main(argv: list[str] | None = None) -> int:
 
     median = {label: statistics.median(values) for label, values in times.items()}
     bare = median["bare"]
-    print(f"{'app':<17} {'us/request':>11} {'min':>7} {'max':>7} {'added vs bare':>14} "
+    width = max(len(label) for label in times)
+    print(f"{'app':<{width}} {'us/request':>11} {'min':>7} {'max':>7} {'added vs bare':>14} "
           f"{'x bare':>7}")
     for label, values in times.items():
         added = "" if label == "bare" else f"{median[label] - bare:+.2f}"
-        print(f"{label:<17} {median[label]:11.2f} {min(values):7.2f} {max(values):7.2f} "
+        print(f"{label:<{width}} {median[label]:11.2f} {min(values):7.2f} {max(values):7.2f} "
               f"{added:>14} {median[label] / bare:7.2f}")
     ours_added = median["generic_session"] - bare
     beaker_added = median["beaker"] - bare
@@ -490,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     print("per-round ratios (same round, so the same machine noise): "
           + " ".join(f"{value:.2f}" for value in paired))
     print()
+    print_tricks(times)
 
     micro_profile(micro_loops, ours_added, subjects[1].template)
     print()

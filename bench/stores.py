@@ -135,7 +135,7 @@ class AppClient:
     """Calls ``counter_app`` behind ``filter(store)`` in-process, as one browser would."""
 
     def __init__(self, store: Any) -> None:
-        self.app = gs.filter(store, keys=KEYS)(counter_app)
+        self.app = gs.middleware(store, keys=KEYS)(counter_app)
         self.headers: list[tuple[str, str]] = []
         self.base: dict[str, Any] = {
             "REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "",

@@ -239,27 +239,30 @@ def test_any_sequence_of_keys_is_accepted(keys: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "error", "message"),
     [
-        (([],), r"at least one secret key, got an empty list"),
-        ((None,), r"keys must be a list of secret strings, newest first, got NoneType"),
-        (("single string",), r"keys must be a list of secret strings, newest first, got str"),
-        ((b"single bytes",), r"keys must be a list of secret strings, newest first, got bytes"),
-        (({"k": 1},), r"keys must be a list of secret strings, newest first, got dict"),
-        (([b""],), r"keys\[0\] is empty: a signing key must be a secret"),
-        ((["ok", ""],), r"keys\[1\] is empty"),
-        (([1],), r"keys\[0\] must be str or bytes, got int"),
-        ((["ok", None],), r"keys\[1\] must be str or bytes, got NoneType"),
-        ((["k"], "md5"), r"algorithm must be one of sha1, sha256, sha384, sha512, got 'md5'"),
-        ((["k"], "SHA1"), r"algorithm must be one of .*got 'SHA1'"),
+        (([],), ValueError, r"at least one secret key, got an empty list"),
+        ((None,), TypeError, r"keys must be a list of secret strings, newest first, got NoneType"),
+        (("single string",), TypeError,
+         r"keys must be a list of secret strings, newest first, got str"),
+        ((b"single bytes",), TypeError,
+         r"keys must be a list of secret strings, newest first, got bytes"),
+        (({"k": 1},), TypeError, r"keys must be a list of secret strings, newest first, got dict"),
+        (([b""],), ValueError, r"keys\[0\] is empty: a signing key must be a secret"),
+        ((["ok", ""],), ValueError, r"keys\[1\] is empty"),
+        (([1],), TypeError, r"keys\[0\] must be str or bytes, got int"),
+        ((["ok", None],), TypeError, r"keys\[1\] must be str or bytes, got NoneType"),
+        ((["k"], "md5"), ValueError,
+         r"algorithm must be one of sha1, sha256, sha384, sha512, got 'md5'"),
+        ((["k"], "SHA1"), ValueError, r"algorithm must be one of .*got 'SHA1'"),
     ],
     ids=["empty-list", "none", "single-string", "single-bytes", "dict", "empty-bytes-key",
          "empty-second-key", "int-key", "none-key", "md5", "uppercase-algorithm"],
 )
-def test_bad_configuration_raises_value_error_naming_the_problem(
-    args: tuple[Any, ...], message: str
+def test_bad_configuration_raises_type_or_value_error_naming_the_problem(
+    args: tuple[Any, ...], error: type[Exception], message: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         Keygrip(*args)
 
 

@@ -17,7 +17,7 @@ import generic_session
 from tests.helpers import PROJECT_ROOT
 
 #: The type aliases the public signatures use (``id: SessionId``), exported for users' hints.
-TYPE_ALIASES = {"SessionId", "Environ", "Callback", "WSGIApp"}
+TYPE_ALIASES = {"SessionId", "Environ", "Callback", "CookieSink", "WSGIApp"}
 PUBLIC = [(name, getattr(generic_session, name, None)) for name in generic_session.__all__]
 PUBLIC_CLASSES = [obj for name, obj in PUBLIC if isinstance(obj, type) and name not in TYPE_ALIASES]
 THIRD_PARTY = ("cachetools", "redis", "bottle", "webob", "requests")
