@@ -1121,6 +1121,52 @@ middleware = filter
 # Three implementations of the Store API: in the process (``MemoryStore``), in a
 # file shared by the processes of one machine (``SQLiteStore``), and on a Redis
 # server shared by many machines (``RedisStore``).  Each passes ``check_store``.
+#
+# Their StoreError messages go to logs (the WSGI filter prints one on every 503),
+# so they name the store, its address, the operation and the error, and never a
+# session id (it holds the token) or a stored value.
+
+# redis-py prefixes a pipeline's error with the whole failing command, arguments
+# and all: "Command # 1 (HSET session:<token> k <value>) of pipeline caused error: ".
+_PIPELINE_PREFIX = re.compile(r"\ACommand # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
+# Redis itself quotes arguments in a few replies ("ERR unknown command 'X', with args
+# beginning with: 'session:<token>' "): what follows this is cut.
+_QUOTED_ARGS = ", with args beginning with:"
+# A shorter secret is left in: cutting "1" out of "Error 111 connecting" helps nobody.
+_MIN_REDACTED = 8
+
+
+def _redacted_message(error: BaseException, secret: Iterable[str]) -> str:
+    """``error``'s own message without the arguments redis-py or Redis quote in it.
+
+    First the command redis-py puts before a pipeline's error goes (greedy, so a
+    value that itself holds "of pipeline caused error: " goes whole too), then
+    whatever Redis quotes after ``_QUOTED_ARGS``; last, as a safety net for a
+    message we did not foresee, every occurrence of each ``secret`` string
+    (at least ``_MIN_REDACTED`` characters) becomes ``<redacted>``.
+    """
+    message = _PIPELINE_PREFIX.sub("", str(error), count=1)
+    message = message.split(_QUOTED_ARGS, 1)[0]
+    for text in secret:
+        if len(text) >= _MIN_REDACTED:
+            message = message.replace(text, "<redacted>")
+    return message
+
+
+def _sanitised_copy(error: BaseException, message: str) -> BaseException | None:
+    """A new exception of ``error``'s class holding only ``message``, to chain as the cause.
+
+    We keep a sanitised cause rather than ``from None``: handlers (and our tests)
+    can still ask ``isinstance(error.__cause__, redis.ConnectionError)``, and the
+    logged traceback shows the class and the cleaned message, while the original,
+    whose args quote the command, is dropped with its frames inside redis-py.  A
+    class that cannot be built from one message gives no cause at all.
+    """
+    try:
+        return type(error)(message)
+    except Exception:  # an exception class with a constructor of its own
+        return None
+
 
 
 class _MemoryEntry:
@@ -1556,8 +1602,13 @@ class RedisStore:
     def _repr_html_(self) -> str:
         return _html_table("RedisStore", [("address", self.address), ("prefix", self.prefix)])
 
-    def _run(self, op: str, build: Callable[[Any], object]) -> list[Any]:
-        """Send the commands ``build`` queues as one transaction; failures become StoreError."""
+    def _transact(self, op: str, build: Callable[[Any], object], *secret: str) -> list[Any]:
+        """Send the commands ``build`` queues as one MULTI/EXEC; failures become StoreError.
+
+        ``secret`` are the strings of this call that must not reach a log (the
+        Redis key, which holds the session token, and the stored JSON text): they
+        are cut out of the error's message along with the command redis-py quotes.
+        """
         try:
             pipe = self.client.pipeline(transaction=True)
             build(pipe)
@@ -1565,10 +1616,15 @@ class RedisStore:
         except (TypeError, ValueError):  # a bad argument of the caller's: Redis is fine
             raise
         except Exception as error:  # redis-py raises its own ConnectionError, TimeoutError...
-            raise StoreError(
-                f"RedisStore at {self.address}: {op} failed: {type(error).__name__}: {error}"
-            ) from error
-        return results
+            failure = error
+        else:
+            return results
+        # Raised here, out of the except block, so that the original error (whose args
+        # quote the command with the token and the value) is not even the __context__.
+        message = _redacted_message(failure, secret)
+        raise StoreError(
+            f"RedisStore at {self.address}: {op} failed: {type(failure).__name__}: {message}"
+        ) from _sanitised_copy(failure, message)
 
     @staticmethod
     def _ms(expire: float) -> int:
@@ -1577,14 +1633,16 @@ class RedisStore:
     def get(self, id: SessionId, key: str, expire: float) -> Any:
         """Return a copy of the value of ``key``, or None (HGET + PEXPIRE)."""
         name = self.prefix + id
-        value = self._run("get", lambda p: p.hget(name, key).pexpire(name, self._ms(expire)))[0]
+        value = self._transact(
+            "get", lambda p: p.hget(name, key).pexpire(name, self._ms(expire)), name
+        )[0]
         return None if value is None else decode_json(value)
 
     def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
         """Return a copy of all the session's data (HGETALL + PEXPIRE)."""
         name = self.prefix + id
-        fields = self._run(
-            "get_all", lambda p: p.hgetall(name).pexpire(name, self._ms(expire))
+        fields = self._transact(
+            "get_all", lambda p: p.hgetall(name).pexpire(name, self._ms(expire)), name
         )[0]
         return {_text(field): decode_json(value) for field, value in fields.items()}
 
@@ -1592,22 +1650,26 @@ class RedisStore:
         """Store ``value`` under ``key`` (HSET + PEXPIRE)."""
         text = encode_json(key, value)
         name = self.prefix + id
-        self._run("set", lambda p: p.hset(name, key, text).pexpire(name, self._ms(expire)))
+        self._transact(
+            "set", lambda p: p.hset(name, key, text).pexpire(name, self._ms(expire)), name, text
+        )
 
     def delete(self, id: SessionId, key: str, expire: float) -> None:
         """Remove ``key`` from the session (HDEL + PEXPIRE)."""
         name = self.prefix + id
-        self._run("delete", lambda p: p.hdel(name, key).pexpire(name, self._ms(expire)))
+        self._transact(
+            "delete", lambda p: p.hdel(name, key).pexpire(name, self._ms(expire)), name
+        )
 
     def delete_all(self, id: SessionId) -> None:
         """Remove the whole session (DEL)."""
         name = self.prefix + id
-        self._run("delete_all", lambda p: p.delete(name))
+        self._transact("delete_all", lambda p: p.delete(name), name)
 
     def extend(self, id: SessionId, expire: float) -> None:
         """Renew the session's expiry (PEXPIRE: a no-op for a session that does not exist)."""
         name = self.prefix + id
-        self._run("extend", lambda p: p.pexpire(name, self._ms(expire)))
+        self._transact("extend", lambda p: p.pexpire(name, self._ms(expire)), name)
 
 
 

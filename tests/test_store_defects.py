@@ -1,0 +1,171 @@
+"""Regression tests for store defects: secrets in errors, descriptors, corrupt data, sizes.
+
+Each test failed on the code before its fix.  Real backends only: a redis-server
+(and a replica of it) of this module's own, SQLite files in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generic_session import RedisStore, SQLiteStore, StoreError
+from tests.conftest import redis_server_executable
+from tests.helpers import RedisServer
+
+#: A session id as GenericSession makes it: the prefix and a 40-character token.
+TOKEN = "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycA"
+SESSION_ID = f"session:{TOKEN}"
+#: A stored value that must not reach a log either.
+SECRET_VALUE = {"card": "4111-1111-1111-1111", "note": "of pipeline caused error: ha"}
+SECRET_TEXT = "4111-1111-1111-1111"
+
+
+def logged_text(error: BaseException) -> str:
+    """What a logger prints for ``error``: its message and its whole chained traceback."""
+    return str(error) + "\n" + "".join(traceback.format_exception(error))
+
+
+def assert_no_secret(error: BaseException) -> None:
+    text = logged_text(error)
+    assert TOKEN not in text, text
+    assert SECRET_TEXT not in text, text
+    assert error.__context__ is None or error.__suppress_context__, text
+
+
+# ---------------------------------------------------------------------------
+# 1. StoreError messages name the store and the failure, never a token or a value
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of this module only, so CONFIG SET maxmemory touches no other test."""
+    server = RedisServer(redis_server_executable(), tmp_path_factory.mktemp("redis-own"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def replica(own_redis: RedisServer,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A read-only replica of ``own_redis`` (replicas refuse writes with READONLY)."""
+    server = RedisServer(
+        redis_server_executable(), tmp_path_factory.mktemp("redis-replica"),
+        extra_args=["--replicaof", own_redis.host, str(own_redis.port)],
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def client_of(server: RedisServer) -> Any:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis(host=server.host, port=server.port, socket_timeout=5,
+                       retry=Retry(NoBackoff(), 0))
+
+
+def test_redis_store_out_of_memory_error_names_the_failure_but_not_the_token_or_value(
+    own_redis: RedisServer,
+) -> None:
+    import redis
+
+    client = client_of(own_redis)
+    try:
+        client.flushdb()
+        client.config_set("maxmemory-policy", "noeviction")
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", used + 512 * 1024)
+        filler = "x" * 64 * 1024
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for n in range(1000):  # fill it: 512 KiB of room goes in fewer than 1000 writes
+                client.set(f"filler:{n}", filler)
+        store = RedisStore(client)
+
+        with pytest.raises(StoreError, match=(
+            rf"^RedisStore at 127\.0\.0\.1:{own_redis.port}: set failed: OutOfMemoryError: "
+            r"command not allowed when used memory > 'maxmemory'\.$"
+        )) as raised:
+            store.set(SESSION_ID, "cart", SECRET_VALUE, 60)
+
+        assert_no_secret(raised.value)
+        assert isinstance(raised.value.__cause__, redis.exceptions.OutOfMemoryError)
+        # The cause is kept, cleaned: the traceback still says what Redis said.
+        assert "command not allowed when used memory" in logged_text(raised.value)
+    finally:
+        client.config_set("maxmemory", 0)
+        client.flushdb()
+        client.close()
+
+
+def test_redis_store_read_only_replica_error_names_the_failure_but_not_the_token_or_value(
+    replica: RedisServer,
+) -> None:
+    import redis
+
+    client = client_of(replica)
+    store = RedisStore(client, prefix="app:")
+    try:
+        with pytest.raises(StoreError, match=(
+            rf"^RedisStore at 127\.0\.0\.1:{replica.port}: set failed: ReadOnlyError: "
+            r"You can't write against a read only replica\.$"
+        )) as raised:
+            store.set(SESSION_ID, "cart", SECRET_VALUE, 60)
+        assert_no_secret(raised.value)
+        assert isinstance(raised.value.__cause__, redis.exceptions.ReadOnlyError)
+
+        with pytest.raises(StoreError, match=r": delete_all failed: ReadOnlyError: ") as deleted:
+            store.delete_all(SESSION_ID)
+        assert_no_secret(deleted.value)
+    finally:
+        client.close()
+
+
+def test_redis_store_error_that_quotes_the_arguments_is_cut_before_them(
+    own_redis: RedisServer,
+) -> None:
+    client = client_of(own_redis)
+    client.flushdb()
+    store = RedisStore(client)
+    try:
+        # Redis quotes the first arguments of a command it does not know.
+        with pytest.raises(StoreError, match=(
+            rf"^RedisStore at 127\.0\.0\.1:{own_redis.port}: set failed: ResponseError: "
+            r"unknown command 'NOSUCHCOMMAND'$"
+        )) as raised:
+            store._transact("set", lambda pipe: pipe.execute_command(
+                "NOSUCHCOMMAND", SESSION_ID, SECRET_TEXT), SESSION_ID, SECRET_TEXT)
+        assert_no_secret(raised.value)
+    finally:
+        client.close()
+
+
+def test_sqlite_store_error_names_store_path_and_operation_but_not_the_id_or_value(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sessions.db"
+    store = SQLiteStore(path, timeout=0.1)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the timeout
+    try:
+        with pytest.raises(StoreError, match=rf"^SQLiteStore at {re.escape(repr(str(path)))}: "
+                           r"set failed: database is locked$") as raised:
+            store.set(SESSION_ID, "cart", SECRET_VALUE, 60)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        store.close()
+    assert_no_secret(raised.value)
