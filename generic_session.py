@@ -1153,6 +1153,41 @@ def _redacted_message(error: BaseException, secret: Iterable[str]) -> str:
     return message
 
 
+def _why_not_json(stored: str | bytes) -> str | None:
+    """Why ``stored`` does not decode (without quoting it), or None if it does."""
+    try:
+        decode_json(stored)
+    except UnicodeDecodeError as error:
+        return f"not UTF-8 at byte {error.start}"
+    except json.JSONDecodeError as error:
+        return f"{error.msg} at character {error.pos}"
+    except ValueError as error:
+        return type(error).__name__
+    return None
+
+
+def _not_json(where: str, op: str, items: Iterable[tuple[Any, Any]]) -> StoreError:
+    """The StoreError for the first of ``items`` (key, stored value) that does not decode.
+
+    Called only once decoding failed, so the happy path pays nothing: it names the
+    store, the operation and the key, and says why, but never shows the value
+    (the error's ``doc`` / ``object`` hold it, which is why it is not chained).
+    """
+    for key, stored in items:
+        why = _why_not_json(stored)
+        if isinstance(key, bytes):
+            try:
+                key = key.decode("utf-8")
+            except UnicodeDecodeError:  # a Redis field: shown as bytes, a key is no secret
+                why = why or "its key is not UTF-8"
+        if why is not None:
+            return StoreError(
+                f"{where}: {op} found a value under key {key!r} that is not JSON text ({why}); "
+                "something other than this store wrote it: delete that key or the session"
+            )
+    return StoreError(f"{where}: {op} found a value that is not JSON text")
+
+
 def _sanitised_copy(error: BaseException, message: str) -> BaseException | None:
     """A new exception of ``error``'s class holding only ``message``, to chain as the cause.
 
@@ -1333,6 +1368,10 @@ CREATE TABLE IF NOT EXISTS session_data (
 """
 # Renew a session that is still alive; the row count says whether it was.
 _SQL_RENEW = "UPDATE session_expiry SET expires_at = ? WHERE id = ? AND expires_at > ?"
+# Values are read as bytes (decode_json decodes them): a TEXT column that is not UTF-8
+# would otherwise fail inside sqlite3 with an error quoting the stored value.
+_SQL_VALUE = "SELECT CAST(value AS BLOB) FROM session_data WHERE id = ? AND key = ?"
+_SQL_ITEMS = "SELECT key, CAST(value AS BLOB) FROM session_data WHERE id = ?"
 # The same few expired sessions, picked by the expiry index, for both deletes of one sweep.
 _SQL_EXPIRED = "SELECT id FROM session_expiry WHERE expires_at <= ? ORDER BY expires_at LIMIT ?"
 
@@ -1378,6 +1417,7 @@ class SQLiteStore:
         self.sweep_every = sweep_every
         self.sweep_batch = sweep_batch
         self._clock = clock
+        self._where = f"SQLiteStore at {self.path!r}"
         self._local = threading.local()
         self._writes = 0
         with self._transaction("open") as db:
@@ -1452,10 +1492,14 @@ class SQLiteStore:
         with self._transaction("get") as db:
             if not db.execute(_SQL_RENEW, (now + expire, id, now)).rowcount:
                 return None
-            row = db.execute(
-                "SELECT value FROM session_data WHERE id = ? AND key = ?", (id, key)
-            ).fetchone()
-        return None if row is None else decode_json(row[0])
+            row = db.execute(_SQL_VALUE, (id, key)).fetchone()
+        if row is None:
+            return None
+        try:
+            return decode_json(row[0])
+        except ValueError:
+            failure = _not_json(self._where, "get", [(key, row[0])])
+        raise failure  # out of the except block: the decode error (holding the value) is dropped
 
     def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
         """Return a copy of all the session's data."""
@@ -1463,8 +1507,12 @@ class SQLiteStore:
         with self._transaction("get_all") as db:
             if not db.execute(_SQL_RENEW, (now + expire, id, now)).rowcount:
                 return {}
-            rows = db.execute("SELECT key, value FROM session_data WHERE id = ?", (id,)).fetchall()
-        return {key: decode_json(value) for key, value in rows}
+            rows = db.execute(_SQL_ITEMS, (id,)).fetchall()
+        try:
+            return {key: decode_json(value) for key, value in rows}
+        except ValueError:
+            failure = _not_json(self._where, "get_all", rows)
+        raise failure
 
     def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
         """Store ``value`` under ``key``: one upsert of one row, and the expiry."""
@@ -1552,7 +1600,7 @@ class _SQLiteTransaction:
             raise self._error(error) from error
 
     def _error(self, error: sqlite3.Error) -> StoreError:
-        return StoreError(f"SQLiteStore at {self._store.path!r}: {self._op} failed: {error}")
+        return StoreError(f"{self._store._where}: {self._op} failed: {error}")
 
 
 def _redis_address(client: Any) -> str:
@@ -1595,6 +1643,7 @@ class RedisStore:
         self.client = client
         self.prefix = prefix
         self.address = _redis_address(client)
+        self._where = f"RedisStore at {self.address}"
 
     def __repr__(self) -> str:
         return f"RedisStore(address={self.address!r}, prefix={self.prefix!r})"
@@ -1623,7 +1672,7 @@ class RedisStore:
         # quote the command with the token and the value) is not even the __context__.
         message = _redacted_message(failure, secret)
         raise StoreError(
-            f"RedisStore at {self.address}: {op} failed: {type(failure).__name__}: {message}"
+            f"{self._where}: {op} failed: {type(failure).__name__}: {message}"
         ) from _sanitised_copy(failure, message)
 
     @staticmethod
@@ -1636,7 +1685,13 @@ class RedisStore:
         value = self._transact(
             "get", lambda p: p.hget(name, key).pexpire(name, self._ms(expire)), name
         )[0]
-        return None if value is None else decode_json(value)
+        if value is None:
+            return None
+        try:
+            return decode_json(value)
+        except ValueError:
+            failure = _not_json(self._where, "get", [(key, value)])
+        raise failure  # out of the except block: the decode error (holding the value) is dropped
 
     def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
         """Return a copy of all the session's data (HGETALL + PEXPIRE)."""
@@ -1644,7 +1699,11 @@ class RedisStore:
         fields = self._transact(
             "get_all", lambda p: p.hgetall(name).pexpire(name, self._ms(expire)), name
         )[0]
-        return {_text(field): decode_json(value) for field, value in fields.items()}
+        try:
+            return {_text(field): decode_json(value) for field, value in fields.items()}
+        except ValueError:
+            failure = _not_json(self._where, "get_all", fields.items())
+        raise failure
 
     def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
         """Store ``value`` under ``key`` (HSET + PEXPIRE)."""

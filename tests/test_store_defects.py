@@ -169,3 +169,95 @@ def test_sqlite_store_error_names_store_path_and_operation_but_not_the_id_or_val
         other.close()
         store.close()
     assert_no_secret(raised.value)
+
+
+# ---------------------------------------------------------------------------
+# 3. A stored value that is not JSON is a StoreError naming the key, never the value
+
+#: (stored bytes, why) for values something else wrote: not JSON, not UTF-8, JSON and junk.
+GARBAGE = [
+    pytest.param(b"4111-1111-1111-1111 secret {", r"Extra data at character 4", id="not-json"),
+    pytest.param(b"\xff4111-1111-1111-1111", r"not UTF-8 at byte 0", id="not-utf8"),
+    pytest.param(b"", r"Expecting value at character 0", id="empty"),
+]
+
+
+def not_json_message(where: str, op: str, why: str) -> str:
+    return (rf"^{re.escape(where)}: {op} found a value under key 'cart' that is not JSON text "
+            rf"\({why}\); something other than this store wrote it: delete that key or the "
+            r"session$")
+
+
+@pytest.mark.parametrize(("garbage", "why"), GARBAGE)
+@pytest.mark.parametrize("as_text", [False, True], ids=["blob", "text"])
+def test_sqlite_store_reading_a_value_that_is_not_json_raises_store_error_naming_the_key(
+    tmp_path: Path, garbage: bytes, why: str, as_text: bool
+) -> None:
+    path = tmp_path / "sessions.db"
+    store = SQLiteStore(path)
+    store.set(SESSION_ID, "ok", 1, 60)
+    other = sqlite3.connect(path)
+    with other:  # another program writes bytes, as a BLOB or as (not UTF-8) TEXT
+        other.execute(
+            "INSERT INTO session_data (id, key, value) VALUES (?, 'cart', "
+            + ("CAST(? AS TEXT))" if as_text else "?)"), (SESSION_ID, garbage))
+    other.close()
+    where = f"SQLiteStore at {str(path)!r}"
+
+    with pytest.raises(StoreError, match=not_json_message(where, "get", why)) as got:
+        store.get(SESSION_ID, "cart", 60)
+    with pytest.raises(StoreError, match=not_json_message(where, "get_all", why)) as got_all:
+        store.get_all(SESSION_ID, 60)
+
+    for raised in (got, got_all):
+        assert_no_secret(raised.value)
+        assert raised.value.__cause__ is None and raised.value.__context__ is None
+    assert store.get(SESSION_ID, "ok", 60) == 1  # the other keys still read
+    store.delete(SESSION_ID, "cart", 60)  # and the way out the message gives works
+    assert store.get_all(SESSION_ID, 60) == {"ok": 1}
+    store.close()
+
+
+@pytest.mark.parametrize(("garbage", "why"), GARBAGE)
+def test_redis_store_reading_a_value_that_is_not_json_raises_store_error_naming_the_key(
+    own_redis: RedisServer, garbage: bytes, why: str
+) -> None:
+    client = client_of(own_redis)
+    client.flushdb()
+    store = RedisStore(client, prefix="app:")
+    try:
+        store.set(SESSION_ID, "ok", 1, 60)
+        client.hset(f"app:{SESSION_ID}", "cart", garbage)  # another program's write
+        where = f"RedisStore at 127.0.0.1:{own_redis.port}"
+
+        with pytest.raises(StoreError, match=not_json_message(where, "get", why)) as got:
+            store.get(SESSION_ID, "cart", 60)
+        with pytest.raises(StoreError, match=not_json_message(where, "get_all", why)) as got_all:
+            store.get_all(SESSION_ID, 60)
+
+        for raised in (got, got_all):
+            assert_no_secret(raised.value)
+            assert raised.value.__cause__ is None and raised.value.__context__ is None
+        store.delete(SESSION_ID, "cart", 60)
+        assert store.get_all(SESSION_ID, 60) == {"ok": 1}
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def test_redis_store_get_all_names_a_field_that_is_not_utf8_by_its_bytes(
+    own_redis: RedisServer,
+) -> None:
+    client = client_of(own_redis)
+    client.flushdb()
+    store = RedisStore(client)
+    try:
+        client.hset(SESSION_ID, b"\xffcart", b"1")
+        with pytest.raises(StoreError, match=(
+            r": get_all found a value under key b'\\xffcart' that is not JSON text "
+            r"\(its key is not UTF-8\)")) as raised:
+            store.get_all(SESSION_ID, 60)
+        assert_no_secret(raised.value)
+    finally:
+        client.flushdb()
+        client.close()
