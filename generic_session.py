@@ -1384,9 +1384,17 @@ class SQLiteStore:
     busy timeout; every operation is one short transaction.  Expired sessions
     read as empty and are swept, a few at a time, as the store is written.
 
+    Each operation borrows a connection from a small pool and gives it back, so a
+    server that starts a thread per request opens at most ``max_connections``
+    (two descriptors each), not one per thread it ever ran: SQLite cannot close a
+    connection at once while another of the process holds locks on the file, so
+    per-thread connections left their descriptors behind (53 after 50 threads).
+
     :param path: the database file; created when missing.  ``':memory:'`` is
         refused: each thread's connection would see its own empty database.
     :param timeout: seconds to wait for another writer's lock before failing.
+    :param max_connections: the most connections open at once; an operation that
+        finds them all busy waits for one, up to ``timeout``, then fails.
     :param sweep_every: sweep once every this many writes ...
     :param sweep_batch: ... deleting at most this many expired sessions.
     :param clock: epoch seconds as a float (shared by processes on one file).
@@ -1398,6 +1406,7 @@ class SQLiteStore:
         path: str | os.PathLike[str],
         *,
         timeout: float = 5.0,
+        max_connections: int = 8,
         sweep_every: int = 100,
         sweep_batch: int = 100,
         clock: Callable[[], float] = time.time,
@@ -1411,14 +1420,24 @@ class SQLiteStore:
             )
         self.timeout = _check_seconds(timeout, "timeout", 3600, "an hour, as long as a "
                                       "request should ever wait")
-        for name, value in (("sweep_every", sweep_every), ("sweep_batch", sweep_batch)):
+        for name, value in (("max_connections", max_connections),
+                            ("sweep_every", sweep_every), ("sweep_batch", sweep_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.sweep_every = sweep_every
         self.sweep_batch = sweep_batch
         self._clock = clock
         self._where = f"SQLiteStore at {self.path!r}"
-        self._local = threading.local()
+        self.max_connections = max_connections
+        self._pool = threading.Condition()
+        self._idle: list[sqlite3.Connection] = []  # a stack: the warmest connection first
+        self._opened = 0  # this process's connections, idle or lent
+        self._generation = 0  # close() moves it on: what was lent before is closed on return
+        self._pid = os.getpid()
+        # A forked child never touches its parent's connections, and never lets them
+        # be garbage-collected either: that would close them, and a close can undo the
+        # parent's locks or checkpoint the parent's WAL under it.
+        self._inherited: list[sqlite3.Connection] = []
         self._writes = 0
         with self._transaction("open") as db:
             for statement in _SQLITE_SCHEMA.split(";")[:-1]:  # not executescript: it commits
@@ -1441,20 +1460,64 @@ class SQLiteStore:
         except StoreError:
             return "?"
 
-    def _connection(self) -> sqlite3.Connection:
-        """This thread's connection (a new one after a fork: connections must not cross it)."""
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():
-            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-            try:
-                self._use_wal(db)
-                db.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe in WAL
-            except BaseException:
+    def _after_fork(self) -> None:
+        """In a forked child, start an empty pool of its own (its parent's is left alone)."""
+        if self._pid != os.getpid():
+            self._inherited.extend(self._idle)
+            self._idle, self._opened, self._pid = [], 0, os.getpid()
+            self._pool = threading.Condition()  # the parent's lock may have been held at fork
+
+    def _checkout(self, op: str) -> tuple[sqlite3.Connection, int, int]:
+        """Lend a connection: ``(connection, pid, generation)`` to give back to ``_checkin``.
+
+        An idle one if any, else a new one while fewer than ``max_connections`` are
+        open, else wait for one to come back, up to ``timeout``: then StoreError.
+        """
+        self._after_fork()
+        with self._pool:
+            if not self._pool.wait_for(
+                lambda: self._idle or self._opened < self.max_connections, self.timeout
+            ):
+                raise StoreError(
+                    f"{self._where}: {op} failed: all {self.max_connections} connections "
+                    f"(max_connections) stayed busy for {self.timeout} s"
+                )
+            lease = (self._pid, self._generation)
+            if self._idle:
+                return self._idle.pop(), *lease
+            self._opened += 1
+        try:  # outside the lock: opening can wait up to ``timeout`` for the WAL switch
+            return self._open(), *lease
+        except BaseException:
+            with self._pool:
+                self._opened -= 1
+                self._pool.notify()
+            raise
+
+    def _checkin(self, db: sqlite3.Connection, pid: int, generation: int) -> None:
+        """Take back a lent connection: idle again, or closed if close() ran or it is broken."""
+        if pid != os.getpid():  # lent before a fork: the parent's to close, not ours
+            self._inherited.append(db)
+            return
+        with self._pool:
+            if generation == self._generation and not db.in_transaction:
+                self._idle.append(db)
+            else:
+                self._opened -= 1
                 db.close()
-                raise
-            local.db, local.pid = db, os.getpid()
-        connection: sqlite3.Connection = local.db
-        return connection
+            self._pool.notify()
+
+    def _open(self) -> sqlite3.Connection:
+        """A new connection in WAL mode; lent to one thread at a time, so any thread may use it."""
+        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            self._use_wal(db)
+            db.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe in WAL
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def _use_wal(self, db: sqlite3.Connection) -> None:
         """Put the file in WAL mode (readers never block the writer), waiting up to ``timeout``.
@@ -1557,33 +1620,55 @@ class SQLiteStore:
             db.execute(_SQL_RENEW, (now + expire, id, now))
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads end)."""
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            del self._local.db, self._local.pid
+        """Close the pooled connections; those lent out close when they come back.
+
+        The store stays usable: the next operation opens a connection again.
+        """
+        self._after_fork()
+        with self._pool:
+            idle, self._idle = self._idle, []
+            self._opened -= len(idle)
+            self._generation += 1
+            for db in idle:
+                db.close()
 
 
 class _SQLiteTransaction:
-    """``with`` block: one short transaction, rolled back whole on error, as StoreError."""
+    """``with`` block: one short transaction on a pooled connection, rolled back whole on error.
 
-    __slots__ = ("_db", "_op", "_store", "_write")
+    sqlite3 errors become StoreError; the connection goes back to the pool either way.
+    """
+
+    __slots__ = ("_db", "_lease", "_op", "_store", "_write")
 
     def __init__(self, store: SQLiteStore, op: str, write: bool) -> None:
         self._store, self._op, self._write = store, op, write
 
     def __enter__(self) -> sqlite3.Connection:
         try:
-            self._db = self._store._connection()
+            self._db, *self._lease = self._store._checkout(self._op)
+        except sqlite3.Error as error:
+            raise self._error(error) from error
+        try:
             # IMMEDIATE takes the write lock up front, so a transaction never has to
             # be retried half-way because another process wrote first.
             self._db.execute("BEGIN IMMEDIATE" if self._write else "BEGIN")
-        except sqlite3.Error as error:
-            raise self._error(error) from error
+        except BaseException as error:
+            self._store._checkin(self._db, *self._lease)
+            if isinstance(error, sqlite3.Error):
+                raise self._error(error) from error
+            raise
         return self._db
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: object) -> None:
+        try:
+            self._finish(error)
+        finally:
+            self._store._checkin(self._db, *self._lease)
+
+    def _finish(self, error: BaseException | None) -> None:
+        """COMMIT, or ROLLBACK after an error; a failure of either becomes StoreError."""
         db = self._db
         if error is None:
             try:

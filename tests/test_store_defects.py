@@ -6,8 +6,10 @@ Each test failed on the code before its fix.  Real backends only: a redis-server
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
+import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,3 +263,118 @@ def test_redis_store_get_all_names_a_field_that_is_not_utf8_by_its_bytes(
     finally:
         client.flushdb()
         client.close()
+
+
+# ---------------------------------------------------------------------------
+# 2. SQLiteStore keeps a bounded pool of connections, whatever the threads
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def burst(count: int, work: Any) -> None:
+    """Run ``work(n)`` in ``count`` threads started together, one thread per request."""
+    start = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def request(n: int) -> None:
+        try:
+            start.wait(30)
+            work(n)
+        except BaseException as error:  # reported in the calling thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a request thread hung"
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_sqlite_store_under_bursts_of_threads_keeps_a_bounded_number_of_descriptors(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "sessions.db")  # max_connections=8
+    store.set("session:warm", "k", 0, 3600)
+    before = open_descriptors()
+
+    def request(n: int) -> None:
+        store.set(f"session:{n}", "k", n, 3600)
+        assert store.get(f"session:{n}", "k", 3600) == n
+        store.get_all("session:warm", 3600)
+        store.delete(f"session:{n}", "k", 3600)
+
+    burst(300, request)
+    after_first = open_descriptors()
+    burst(300, request)
+    after_second = open_descriptors()
+
+    # 8 connections at most: a descriptor for the file and one for its WAL each (the
+    # shared memory file is one per process), where per-thread connections left ~600.
+    assert after_first <= before + 2 * 8, (before, after_first)
+    assert after_second <= after_first, (after_first, after_second)
+    store.set("session:after", "k", "still serving", 3600)
+    assert store.get_all("session:after", 3600) == {"k": "still serving"}
+    store.close()
+    assert open_descriptors() <= before - 2  # close() closed the pooled connections
+
+
+def test_sqlite_store_with_every_connection_busy_waits_its_timeout_then_raises_store_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sessions.db"
+    store = SQLiteStore(path, timeout=0.2, max_connections=1)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_only_connection() -> None:
+        with store._transaction("hold", write=False):
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_only_connection)
+    holder.start()
+    try:
+        assert holding.wait(30)
+        with pytest.raises(StoreError, match=rf"^SQLiteStore at {re.escape(repr(str(path)))}: "
+                           r"get failed: all 1 connections \(max_connections\) stayed busy "
+                           r"for 0\.2 s$"):
+            store.get("session:a", "k", 60)
+    finally:
+        release.set()
+        holder.join(30)
+    store.set("session:a", "k", 1, 60)  # given back: the next operation gets it
+    assert store.get("session:a", "k", 60) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_sqlite_store_in_a_forked_child_opens_its_own_connections(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "sessions.db")
+    store.set("session:a", "parent", 1, 60)
+    parents = list(store._idle)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running pytest's cleanup
+        try:
+            store.set("session:a", "child", 2, 60)
+            ok = (store.get_all("session:a", 60) == {"parent": 1, "child": 2}
+                  and not any(db in parents for db in store._idle)
+                  and all(db in store._inherited for db in parents))
+            os.write(write, b"ok" if ok else b"shared a connection")
+        except BaseException as error:
+            os.write(write, repr(error).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        report = pipe.read()
+    os.waitpid(pid, 0)
+
+    assert report == b"ok"
+    assert store.get_all("session:a", 60) == {"parent": 1, "child": 2}
+    assert store._idle == parents  # the parent's pool is as it was
+    store.close()
