@@ -9,15 +9,17 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import sys
 import threading
 import traceback
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from generic_session import RedisStore, SQLiteStore, StoreError
+from generic_session import MemoryStore, RedisStore, SQLiteStore, StoreError
 from tests.conftest import redis_server_executable
 from tests.helpers import RedisServer
 
@@ -378,3 +380,45 @@ def test_sqlite_store_in_a_forked_child_opens_its_own_connections(tmp_path: Path
     assert store.get_all("session:a", 60) == {"parent": 1, "child": 2}
     assert store._idle == parents  # the parent's pool is as it was
     store.close()
+
+
+# ---------------------------------------------------------------------------
+# 4. MemoryStore's max_size means about what it says: bytes of memory
+
+
+def counted_and_measured(sessions: int, keys: int) -> tuple[int, int]:
+    """Fill a MemoryStore as requests would; ``(its own count, tracemalloc's growth)``."""
+    store = MemoryStore()
+    names = [f"key{k}" for k in range(keys)]  # literals of the app: shared by every session
+    tokens = [f"{n:040d}" for n in range(sessions)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for token in tokens:
+            id = "session:" + token  # a new str per request, as GenericSession makes it
+            for name in names:
+                store.set(id, name, {"user": "zoë", "n": 12, "roles": ["a"]}, 3600)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    match = re.search(r"size=(\d+),", repr(store))
+    assert match, repr(store)
+    return int(match.group(1)), grown
+
+
+@pytest.mark.parametrize("keys", [1, 5])
+def test_memory_store_counts_about_the_memory_its_sessions_take(keys: int) -> None:
+    counted, measured = counted_and_measured(20_000, keys)
+
+    assert measured / 1.5 <= counted <= measured * 1.5, (counted, measured)
+
+
+def test_memory_store_without_cachetools_raises_import_error_saying_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "cachetools", None)  # makes `import cachetools` fail
+
+    with pytest.raises(ImportError, match=r"^MemoryStore needs the cachetools package \(its LRU "
+                       r"cache\): pip install cachetools$") as raised:
+        MemoryStore()
+    assert isinstance(raised.value.__cause__, ImportError)
