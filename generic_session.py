@@ -1869,12 +1869,21 @@ def _same_json(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _expect(ok: bool, name: str, operation: str, expected: str, got: Any) -> None:
+def _expect(ok: bool, got: Any, name: str, operation: str, expected: str) -> None:
+    """Raise AssertionError unless ``ok``; ``got`` is the value ``ok`` was computed from.
+
+    The caller fetches once and passes that value: fetching again for the message
+    could report a different value than the one that failed.
+    """
     if not ok:
         raise AssertionError(f"{name}.{operation}: expected {expected}, got {got!r}")
 
 
-def check_store(store: Any, *, expire: float = 0.5, writes: int = 1000) -> None:
+#: The expiry the checks use when expiry is not what they test: an hour.
+_LONG = 3600.0
+
+
+def check_store(store: Store, *, expire: float = 0.5, writes: int = 1000) -> None:
     """Check that ``store`` keeps the Store API's contract; raise AssertionError if not.
 
     Covers missing keys and unknown sessions, JSON round trips of every JSON
@@ -1892,135 +1901,184 @@ def check_store(store: Any, *, expire: float = 0.5, writes: int = 1000) -> None:
     run = secrets.token_hex(6)
     ids = [f"check_store:{run}:{n}" for n in range(8)]
     a, b, short, renewed, renewed_all, renewed_delete, extended, concurrent = ids
-    long = 3600.0
     try:
-        # Unknown sessions read as empty, and reading or extending creates nothing.
-        _expect(store.get(a, "k", long) is None, name, "get(unknown session, 'k')", "None",
-                store.get(a, "k", long))
-        _expect(store.get_all(a, long) == {}, name, "get_all(unknown session)", "{}",
-                store.get_all(a, long))
-        store.extend(a, long)
-        store.delete(a, "k", long)
-        _expect(store.get_all(a, long) == {}, name, "get_all after extend/delete of an unknown "
-                "session", "{} (nothing created)", store.get_all(a, long))
-
-        # Every JSON type round-trips exactly.
-        for index, sample in enumerate(_JSON_SAMPLES):
-            # A copy goes in: a store that keeps the caller's object must not pass (or
-            # change our samples) when its results are mutated below.
-            store.set(a, f"v{index}", copy.deepcopy(sample), long)
-            got = store.get(a, f"v{index}", long)
-            _expect(_same_json(got, sample), name, f"get after set(key, {sample!r})",
-                    f"{sample!r} ({type(sample).__name__})", got)
-        # Keys are any text; values are JSON, so tuples and int dict keys come back as
-        # JSON has them; and what the caller does to its object after set changes nothing.
-        odd_keys = {"": "empty key", "a:b/c d": "key with separators"}
-        for key, sample in odd_keys.items():
-            store.set(a, key, sample, long)
-        store.set(a, "tuple", (1, 2), long)
-        store.set(a, "int keys", {1: "one"}, long)
-        mine = {"roles": ["user"]}
-        store.set(a, "mine", mine, long)
-        mine["roles"].append("admin")
-        for key, expected in [("tuple", [1, 2]), ("int keys", {"1": "one"}),
-                              ("mine", {"roles": ["user"]}), *odd_keys.items()]:
-            got = store.get(a, key, long)
-            _expect(_same_json(got, expected), name, f"get({key!r}) after set", repr(expected),
-                    got)
-        for key in ("tuple", "int keys", "mine", *odd_keys):
-            store.delete(a, key, long)
-        everything = {f"v{index}": sample for index, sample in enumerate(_JSON_SAMPLES)}
-        got_all = store.get_all(a, long)
-        _expect(_same_json(got_all, everything), name, "get_all", repr(everything), got_all)
-        _expect(store.get(a, "missing", long) is None, name, "get(missing key)", "None",
-                store.get(a, "missing", long))
-
-        # get and get_all return copies: changing them changes nothing stored.
-        value = store.get(a, "v14", long)
-        value["a"].append("mutated")
-        value["new"] = 1
-        got_all = store.get_all(a, long)
-        got_all["v13"].append("mutated")
-        got_all["v0"] = "mutated"
-        _expect(_same_json(store.get(a, "v14", long), _JSON_SAMPLES[14]), name,
-                "get after mutating an earlier result", "the stored value unchanged (a copy)",
-                store.get(a, "v14", long))
-        _expect(_same_json(store.get_all(a, long), everything), name,
-                "get_all after mutating an earlier result", "the stored data unchanged",
-                store.get_all(a, long))
-
-        # Overwrite, and refusal of values that are not JSON (nothing stored).
-        store.set(a, "v9", "overwritten", long)
-        _expect(store.get(a, "v9", long) == "overwritten", name, "get after overwriting set",
-                "'overwritten'", store.get(a, "v9", long))
-        for bad in (object(), {1, 2}, float("nan"), b"bytes", "lone surrogate \ud800"):
-            try:
-                store.set(a, "bad", bad, long)
-            except TypeError:
-                pass
-            else:
-                raise AssertionError(f"{name}.set(key, {bad!r}): expected TypeError for a "
-                                     "value that is not JSON, nothing raised")
-            _expect(store.get(a, "bad", long) is None, name, f"get after a refused set of "
-                    f"{type(bad).__name__}", "None (nothing stored)", store.get(a, "bad", long))
-
-        # Isolation between sessions.
-        store.set(b, "v9", "other session", long)
-        _expect(store.get(a, "v9", long) == "overwritten", name, "get in one session after a set "
-                "of the same key in another", "'overwritten'", store.get(a, "v9", long))
-
-        # delete removes one key; delete_all the whole session and nothing else.
-        store.delete(a, "v9", long)
-        store.delete(a, "never-set", long)
-        _expect(store.get(a, "v9", long) is None, name, "get after delete", "None",
-                store.get(a, "v9", long))
-        _expect(store.get(a, "v10", long) == _JSON_SAMPLES[10], name, "get of another key "
-                "after delete", repr(_JSON_SAMPLES[10]), store.get(a, "v10", long))
-        store.delete_all(a)
-        _expect(store.get_all(a, long) == {}, name, "get_all after delete_all", "{}",
-                store.get_all(a, long))
-        _expect(store.get(b, "v9", long) == "other session", name, "get in another session "
-                "after delete_all", "'other session'", store.get(b, "v9", long))
-
-        # Expiry: set with a short expire ends the session; every operation renews it.
-        store.set(short, "k", 1, expire)
-        for id in (renewed, renewed_all, renewed_delete):
-            store.set(id, "k", 1, long)
-        # Renewing to a short expiry: each of these ends too.
-        store.get(renewed, "k", expire)
-        store.get_all(renewed_all, expire)
-        store.delete(renewed_delete, "other", expire)
-        store.set(extended, "k", 1, expire)
-        store.extend(extended, long)  # renewing to a long expiry: it lives on
-        time.sleep(expire * 1.5 + 0.05)
-        store.extend(short, long)  # too late: an expired session must not come back
-        _expect(store.get_all(short, long) == {}, name, f"get_all {expire * 1.5 + 0.05:.2f}s "
-                f"after set(..., expire={expire}) and a late extend", "{} (expired)",
-                store.get_all(short, long))
-        for id, operation in [(renewed, "get"), (renewed_all, "get_all"),
-                              (renewed_delete, "delete")]:
-            _expect(store.get(id, "k", long) is None, name, f"get after {operation}(..., "
-                    f"expire={expire}) renewed the expiry", "None (expired)",
-                    store.get(id, "k", long))
-        _expect(store.get(extended, "k", long) == 1, name, "get after extend(..., long) renewed "
-                f"a set(..., expire={expire})", "1 (still alive)", store.get(extended, "k", long))
-        store.set(short, "fresh", 2, long)
-        _expect(store.get_all(short, long) == {"fresh": 2}, name, "get_all after set on an "
-                "expired session", "{'fresh': 2} (no old data back)", store.get_all(short, long))
-
-        # Concurrent writers on different keys of one session all survive.
-        _check_concurrent_writers(store, name, concurrent, writes, long)
+        _check_unknown_sessions(store, name, a)
+        _check_json_round_trips(store, name, a)
+        _check_odd_keys_and_normalisation(store, name, a)
+        _check_copies_out(store, name, a)
+        _check_overwrite_and_non_json_refused(store, name, a)
+        _check_isolation(store, name, a, b)
+        _check_delete_and_delete_all(store, name, a, b)
+        _check_expiry_and_renewal(store, name, expire, short,
+                                  (renewed, renewed_all, renewed_delete), extended)
+        _check_concurrent_writers(store, name, concurrent, writes, _LONG)
     finally:
         for id in ids:
             store.delete_all(id)
 
 
+def _check_unknown_sessions(store: Store, name: str, id: SessionId) -> None:
+    """Unknown sessions read as empty, and reading, extending or deleting creates nothing."""
+    got = store.get(id, "k", _LONG)
+    _expect(got is None, got, name, "get(unknown session, 'k')", "None")
+    got_all = store.get_all(id, _LONG)
+    _expect(got_all == {}, got_all, name, "get_all(unknown session)", "{}")
+    store.extend(id, _LONG)
+    store.delete(id, "k", _LONG)
+    got_all = store.get_all(id, _LONG)
+    _expect(got_all == {}, got_all, name, "get_all after extend/delete of an unknown session",
+            "{} (nothing created)")
+
+
+def _samples() -> dict[str, Any]:
+    """The data ``_check_json_round_trips`` leaves in the session: key ``v<n>`` per sample."""
+    return {f"v{index}": sample for index, sample in enumerate(_JSON_SAMPLES)}
+
+
+def _check_json_round_trips(store: Store, name: str, id: SessionId) -> None:
+    """Every JSON type round-trips exactly, through get and then get_all."""
+    for index, sample in enumerate(_JSON_SAMPLES):
+        # A copy goes in: a store that keeps the caller's object must not pass (or
+        # change our samples) when its results are mutated later.
+        store.set(id, f"v{index}", copy.deepcopy(sample), _LONG)
+        got = store.get(id, f"v{index}", _LONG)
+        _expect(_same_json(got, sample), got, name, f"get after set(key, {sample!r})",
+                f"{sample!r} ({type(sample).__name__})")
+
+
+def _check_odd_keys_and_normalisation(store: Store, name: str, id: SessionId) -> None:
+    """Keys are any text; values come back as JSON has them; the caller's object is copied in.
+
+    Tuples come back as lists and int dict keys as strings, and what the caller
+    does to its object after ``set`` changes nothing stored.  Then get_all sees
+    exactly the samples, and a missing key reads as None.
+    """
+    odd_keys = {"": "empty key", "a:b/c d": "key with separators"}
+    for key, sample in odd_keys.items():
+        store.set(id, key, sample, _LONG)
+    store.set(id, "tuple", (1, 2), _LONG)
+    store.set(id, "int keys", {1: "one"}, _LONG)
+    mine = {"roles": ["user"]}
+    store.set(id, "mine", mine, _LONG)
+    mine["roles"].append("admin")
+    for key, expected in [("tuple", [1, 2]), ("int keys", {"1": "one"}),
+                          ("mine", {"roles": ["user"]}), *odd_keys.items()]:
+        got = store.get(id, key, _LONG)
+        _expect(_same_json(got, expected), got, name, f"get({key!r}) after set", repr(expected))
+    for key in ("tuple", "int keys", "mine", *odd_keys):
+        store.delete(id, key, _LONG)
+    everything = _samples()
+    got_all = store.get_all(id, _LONG)
+    _expect(_same_json(got_all, everything), got_all, name, "get_all", repr(everything))
+    got = store.get(id, "missing", _LONG)
+    _expect(got is None, got, name, "get(missing key)", "None")
+
+
+def _check_copies_out(store: Store, name: str, id: SessionId) -> None:
+    """get and get_all return copies: changing them changes nothing stored."""
+    value = store.get(id, "v14", _LONG)
+    value["a"].append("mutated")
+    value["new"] = 1
+    got_all = store.get_all(id, _LONG)
+    got_all["v13"].append("mutated")
+    got_all["v0"] = "mutated"
+    got = store.get(id, "v14", _LONG)
+    _expect(_same_json(got, _JSON_SAMPLES[14]), got, name,
+            "get after mutating an earlier result", "the stored value unchanged (a copy)")
+    got_all = store.get_all(id, _LONG)
+    _expect(_same_json(got_all, _samples()), got_all, name,
+            "get_all after mutating an earlier result", "the stored data unchanged")
+
+
+def _check_overwrite_and_non_json_refused(store: Store, name: str, id: SessionId) -> None:
+    """set overwrites; a value that is not JSON raises TypeError and stores nothing."""
+    store.set(id, "v9", "overwritten", _LONG)
+    got = store.get(id, "v9", _LONG)
+    _expect(got == "overwritten", got, name, "get after overwriting set", "'overwritten'")
+    for bad in (object(), {1, 2}, float("nan"), b"bytes", "lone surrogate \ud800"):
+        try:
+            store.set(id, "bad", bad, _LONG)
+        except TypeError:
+            pass
+        else:
+            raise AssertionError(f"{name}.set(key, {bad!r}): expected TypeError for a "
+                                 "value that is not JSON, nothing raised")
+        got = store.get(id, "bad", _LONG)
+        _expect(got is None, got, name, f"get after a refused set of {type(bad).__name__}",
+                "None (nothing stored)")
+
+
+def _check_isolation(store: Store, name: str, id: SessionId, other: SessionId) -> None:
+    """A set in another session leaves this session's same key alone."""
+    store.set(other, "v9", "other session", _LONG)
+    got = store.get(id, "v9", _LONG)
+    _expect(got == "overwritten", got, name, "get in one session after a set of the same key "
+            "in another", "'overwritten'")
+
+
+def _check_delete_and_delete_all(store: Store, name: str, id: SessionId,
+                                 other: SessionId) -> None:
+    """delete removes one key; delete_all the whole session and nothing else."""
+    store.delete(id, "v9", _LONG)
+    store.delete(id, "never-set", _LONG)
+    got = store.get(id, "v9", _LONG)
+    _expect(got is None, got, name, "get after delete", "None")
+    got = store.get(id, "v10", _LONG)
+    _expect(got == _JSON_SAMPLES[10], got, name, "get of another key after delete",
+            repr(_JSON_SAMPLES[10]))
+    store.delete_all(id)
+    got_all = store.get_all(id, _LONG)
+    _expect(got_all == {}, got_all, name, "get_all after delete_all", "{}")
+    got = store.get(other, "v9", _LONG)
+    _expect(got == "other session", got, name, "get in another session after delete_all",
+            "'other session'")
+
+
+def _check_expiry_and_renewal(store: Store, name: str, expire: float, short: SessionId,
+                              renewed: tuple[SessionId, SessionId, SessionId],
+                              extended: SessionId) -> None:
+    """set with a short expire ends the session; get, get_all, delete and extend renew it.
+
+    Renewing to a short expiry ends a session too; a late extend must not bring an
+    expired session back, nor a set its old data.  Sleeps ``expire * 1.5 + 0.05`` s.
+    """
+    store.set(short, "k", 1, expire)
+    for id in renewed:
+        store.set(id, "k", 1, _LONG)
+    by_get, by_get_all, by_delete = renewed
+    store.get(by_get, "k", expire)
+    store.get_all(by_get_all, expire)
+    store.delete(by_delete, "other", expire)
+    store.set(extended, "k", 1, expire)
+    store.extend(extended, _LONG)  # renewing to a long expiry: it lives on
+    waited = expire * 1.5 + 0.05
+    time.sleep(waited)
+    store.extend(short, _LONG)  # too late: an expired session must not come back
+    got_all = store.get_all(short, _LONG)
+    _expect(got_all == {}, got_all, name, f"get_all {waited:.2f}s after set(..., "
+            f"expire={expire}) and a late extend", "{} (expired)")
+    for id, operation in zip(renewed, ("get", "get_all", "delete"), strict=True):
+        got = store.get(id, "k", _LONG)
+        _expect(got is None, got, name, f"get after {operation}(..., expire={expire}) renewed "
+                "the expiry", "None (expired)")
+    got = store.get(extended, "k", _LONG)
+    _expect(got == 1, got, name, f"get after extend(..., long) renewed a set(..., "
+            f"expire={expire})", "1 (still alive)")
+    store.set(short, "fresh", 2, _LONG)
+    got_all = store.get_all(short, _LONG)
+    _expect(got_all == {"fresh": 2}, got_all, name, "get_all after set on an expired session",
+            "{'fresh': 2} (no old data back)")
+
+
 _WRITERS = "wxyz"
 
 
-def _check_concurrent_writers(store: Any, name: str, id: SessionId, writes: int,
+def _check_concurrent_writers(store: Store, name: str, id: SessionId, writes: int,
                               expire: float) -> None:
-    """Four threads set their own keys of one session at once; every key must be there."""
+    """Four threads set their own keys of one session at once; every key must be there.
+
+    The switch interval is process-wide: it is put back in a ``finally``.
+    """
     start = threading.Barrier(len(_WRITERS))
     errors: list[BaseException] = []
 
@@ -2048,6 +2106,7 @@ def _check_concurrent_writers(store: Any, name: str, id: SessionId, writes: int,
     data = store.get_all(id, expire)
     lost = [f"{label}{n}" for label in _WRITERS for n in range(writes)
             if f"{label}{n}" not in data]
-    _expect(not lost, name, f"get_all after {len(_WRITERS)} concurrent writers set {writes} "
-            "keys each", f"all {len(_WRITERS) * writes} keys", f"{len(lost)} lost, e.g. {lost[:3]}")
+    _expect(not lost, f"{len(lost)} lost, e.g. {lost[:3]}", name, f"get_all after "
+            f"{len(_WRITERS)} concurrent writers set {writes} keys each",
+            f"all {len(_WRITERS) * writes} keys")
 

@@ -391,6 +391,34 @@ def test_check_store_catches_a_broken_store(store_class: type[TinyStore], messag
         check_store(store_class())
 
 
+class ChangingStore(TinyStore):
+    """get answers something new on every call: 1, 2, 3..."""
+
+    calls = 0
+
+    def get(self, id: str, key: str, expire: float) -> Any:
+        self.calls += 1
+        return self.calls
+
+
+def test_check_store_reports_the_very_value_that_failed_fetched_once() -> None:
+    store = ChangingStore()
+
+    with pytest.raises(AssertionError, match=r"^ChangingStore\.get\(unknown session, 'k'\): "
+                       r"expected None, got 1$"):
+        check_store(store)
+    assert store.calls == 1
+
+
+def test_check_store_puts_the_switch_interval_back_even_when_a_check_fails() -> None:
+    interval = sys.getswitchinterval()
+
+    with pytest.raises(AssertionError, match=r"concurrent writers"):
+        check_store(WholeBlobStore())
+
+    assert sys.getswitchinterval() == interval
+
+
 # ---------------------------------------------------------------------------
 # check_store on the real stores
 
