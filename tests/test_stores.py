@@ -31,6 +31,7 @@ from generic_session import (
     MemoryStore,
     RedisStore,
     SQLiteStore,
+    Store,
     StoreError,
     _key_size,
     check_store,
@@ -440,20 +441,26 @@ def redis_url_store(redis_client: Any, redis_server: RedisServer) -> Iterator[Ca
         client.close()
 
 
-def test_check_store_passes_on_memory_store() -> None:
-    check_store(MemoryStore())
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each shipped store in turn: in memory, in a SQLite file, on the test redis-server."""
+    if request.param == "memory":
+        yield MemoryStore()
+    elif request.param == "sqlite":
+        sqlite_store = SQLiteStore(tmp_path / "sessions.db")
+        yield sqlite_store
+        sqlite_store.close()
+    else:
+        yield RedisStore(request.getfixturevalue("redis_client"))  # bytes replies, no prefix
 
 
-def test_check_store_passes_on_sqlite_store_in_a_file(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "sessions.db")
+def test_check_store_passes_on_every_shipped_store(store: Store) -> None:
     check_store(store)
-    store.close()
 
 
 @pytest.mark.parametrize(
     ("prefix", "decode_responses"),
     [
-        pytest.param("", False, id="bytes replies"),
         pytest.param("", True, id="decoded replies"),
         pytest.param("myapp:sessions:", False, id="with a prefix"),
     ],
