@@ -133,6 +133,17 @@ def _check_seconds(seconds: float, name: str, limit: float, why: str) -> float:
     return seconds
 
 
+def _check_count(value: int, name: str, unit: str, least: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``least``: TypeError for another type (a bool
+    too), ValueError for a smaller int."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a whole number of {unit} >= {least}, got "
+                        f"{type(value).__name__} {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be a whole number of {unit} >= {least}, got {value!r}")
+    return value
+
+
 def _check_expire(expire: float, name: str = "expire") -> float:
     """Check a session lifetime: at most 400 days, the longest browsers keep a cookie."""
     return _check_seconds(expire, name, _MAX_EXPIRE, "400 days, the longest browsers keep a "
@@ -1319,10 +1330,111 @@ filter = middleware
 # Three implementations of the Store API: in the process (``MemoryStore``), in a
 # file shared by the processes of one machine (``SQLiteStore``), and on a Redis
 # server shared by many machines (``RedisStore``).  Each passes ``check_store``.
+#
+# Their StoreError messages go to logs (the WSGI filter prints one on every 503),
+# so they name the store, its address, the operation and the error, and never a
+# session id (it holds the token) or a stored value.
+
+# redis-py prefixes a pipeline's error with the whole failing command, arguments
+# and all: "Command # 1 (HSET session:<token> k <value>) of pipeline caused error: ".
+_PIPELINE_PREFIX = re.compile(r"\ACommand # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
+# Redis itself quotes arguments in a few replies ("ERR unknown command 'X', with args
+# beginning with: 'session:<token>' "): what follows this is cut.
+_QUOTED_ARGS = ", with args beginning with:"
+# A shorter secret is left in: cutting "1" out of "Error 111 connecting" helps nobody.
+_MIN_REDACTED = 8
+
+
+def _redacted_message(error: BaseException, secret: Iterable[str]) -> str:
+    """``error``'s own message without the arguments redis-py or Redis quote in it.
+
+    First the command redis-py puts before a pipeline's error goes (greedy, so a
+    value that itself holds "of pipeline caused error: " goes whole too), then
+    whatever Redis quotes after ``_QUOTED_ARGS``; last, as a safety net for a
+    message we did not foresee, every occurrence of each ``secret`` string
+    (at least ``_MIN_REDACTED`` characters) becomes ``<redacted>``.
+    """
+    message = _PIPELINE_PREFIX.sub("", str(error), count=1)
+    message = message.split(_QUOTED_ARGS, 1)[0]
+    for text in secret:
+        if len(text) >= _MIN_REDACTED:
+            message = message.replace(text, "<redacted>")
+    return message
+
+
+def _why_not_json(stored: str | bytes) -> str | None:
+    """Why ``stored`` does not decode (without quoting it), or None if it does."""
+    try:
+        decode_json(stored)
+    except UnicodeDecodeError as error:
+        return f"not UTF-8 at byte {error.start}"
+    except json.JSONDecodeError as error:
+        return f"{error.msg} at character {error.pos}"
+    except ValueError as error:
+        return type(error).__name__
+    return None
+
+
+def _not_json(where: str, op: str, items: Iterable[tuple[Any, Any]]) -> StoreError:
+    """The StoreError for the first of ``items`` (key, stored value) that does not decode.
+
+    Called only once decoding failed, so the happy path pays nothing: it names the
+    store, the operation and the key, and says why, but never shows the value
+    (the error's ``doc`` / ``object`` hold it, which is why it is not chained).
+    """
+    for key, stored in items:
+        why = _why_not_json(stored)
+        if isinstance(key, bytes):
+            try:
+                key = key.decode("utf-8")
+            except UnicodeDecodeError:  # a Redis field: shown as bytes, a key is no secret
+                why = why or "its key is not UTF-8"
+        if why is not None:
+            return StoreError(
+                f"{where}: {op} found a value under key {key!r} that is not JSON text ({why}); "
+                "something other than this store wrote it: delete that key or the session"
+            )
+    return StoreError(f"{where}: {op} found a value that is not JSON text")
+
+
+def _sanitised_copy(error: BaseException, message: str) -> BaseException | None:
+    """A new exception of ``error``'s class holding only ``message``, to chain as the cause.
+
+    We keep a sanitised cause rather than ``from None``: handlers (and our tests)
+    can still ask ``isinstance(error.__cause__, redis.ConnectionError)``, and the
+    logged traceback shows the class and the cleaned message, while the original,
+    whose args quote the command, is dropped with its frames inside redis-py.  A
+    class that cannot be built from one message gives no cause at all.
+    """
+    try:
+        return type(error)(message)
+    except Exception:  # an exception class with a constructor of its own
+        return None
+
+
+
+# What a MemoryStore counts, in bytes, measured with tracemalloc on CPython 3.11 (x86-64)
+# for 20,000 sessions (tests/test_store_defects.py checks it still holds within 1.5x):
+# per session, its _MemoryEntry, dict, expiry float, size int and its slots in the
+# LRU cache's three dicts come to ~350 bytes beside the id's own str (sys.getsizeof);
+# per key, a slot in the session's dict (~16 bytes, amortised) beside the JSON text's
+# str (sys.getsizeof).  Counting characters of JSON instead, 200,000 small sessions
+# took 127 MB while the store counted 10.9 MB.
+_SESSION_OVERHEAD = 352
+_KEY_OVERHEAD = 16
+
+
+def _key_size(key: str, text: str) -> int:
+    """The bytes one key of a session costs a MemoryStore (see _KEY_OVERHEAD).
+
+    The key counts by its length only: keys are mostly literals of the app's code,
+    one str shared by every session.
+    """
+    return _KEY_OVERHEAD + len(key) + sys.getsizeof(text)
 
 
 class _MemoryEntry:
-    """One session in a MemoryStore: JSON text per key, its expiry and its size."""
+    """One session in a MemoryStore: JSON text per key, its expiry and its size in bytes."""
 
     __slots__ = ("data", "expires_at", "size")
 
@@ -1339,13 +1451,15 @@ class _MemoryEntry:
 class MemoryStore:
     """An in-process LRU store: thread-safe, size-bounded, lost when the process exits.
 
-    Each session's values are kept as JSON text, so ``get`` returns a fresh copy
-    and ``max_size`` counts characters of stored JSON (keys and session ids
-    included).  Past ``max_size`` the least recently used sessions are evicted.
+    Each session's values are kept as JSON text, so ``get`` returns a fresh copy.
+    ``max_size`` bounds the memory the sessions take, approximately, in bytes: each
+    session counts its id and a measured overhead (~350 bytes), each key its JSON
+    text as a Python str and a slot (``size`` in the repr is this count).  Past
+    ``max_size`` the least recently used sessions are evicted.
     Unlike Node's, this store honours ``expire`` (capped at ``max_age``), so it
     passes :func:`check_store` like every other store.
 
-    :param max_size: characters of stored JSON across all sessions (64 MiB).
+    :param max_size: about how many bytes of memory all the sessions may take (64 MiB).
     :param max_age: the longest a session lives unused, in seconds (two weeks).
     :param clock: seconds as a float; inject a fake one to test expiry without sleeping.
     """
@@ -1357,12 +1471,15 @@ class MemoryStore:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0:
-            raise ValueError(f"max_size must be a number of characters > 0, got {max_size!r}")
-        self.max_size = max_size
+        self.max_size = _check_count(max_size, "max_size", "bytes")
         self.max_age = _check_expire(max_age, "max_age")
         self._clock = clock
-        from cachetools import LRUCache  # the one third-party import, only for this store
+        try:  # the one third-party import, only for this store
+            from cachetools import LRUCache
+        except ImportError as error:
+            raise ImportError(
+                "MemoryStore needs the cachetools package (its LRU cache): pip install cachetools"
+            ) from error
 
         self._cache: Any = LRUCache(maxsize=max_size, getsizeof=_MemoryEntry.size_of)
         self._lock = threading.Lock()
@@ -1422,14 +1539,14 @@ class MemoryStore:
         with self._lock:
             entry = self._live(id, now)
             if entry is None:
-                entry = _MemoryEntry(len(id))
+                entry = _MemoryEntry(_SESSION_OVERHEAD + sys.getsizeof(id))
             old = entry.data.get(key)
-            size = entry.size + len(key) + len(text)
+            size = entry.size + _key_size(key, text)
             if old is not None:
-                size -= len(key) + len(old)
+                size -= _key_size(key, old)
             if size > self.max_size:  # the value is at fault, not the store: no StoreError
                 raise ValueError(
-                    f"MemoryStore: session data would be {size} characters with key {key!r}, "
+                    f"MemoryStore: session data would be {size} bytes with key {key!r}, "
                     f"over max_size={self.max_size}; nothing was stored"
                 )
             entry.data[key] = text
@@ -1453,7 +1570,7 @@ class MemoryStore:
             if not entry.data:  # an empty session is no session, as in Redis
                 del self._cache[id]
                 return
-            entry.size -= len(key) + len(old)
+            entry.size -= _key_size(key, old)
             self._cache[id] = entry
 
     def delete_all(self, id: SessionId) -> None:
@@ -1485,6 +1602,10 @@ CREATE TABLE IF NOT EXISTS session_data (
 """
 # Renew a session that is still alive; the row count says whether it was.
 _SQL_RENEW = "UPDATE session_expiry SET expires_at = ? WHERE id = ? AND expires_at > ?"
+# Values are read as bytes (decode_json decodes them): a TEXT column that is not UTF-8
+# would otherwise fail inside sqlite3 with an error quoting the stored value.
+_SQL_VALUE = "SELECT CAST(value AS BLOB) FROM session_data WHERE id = ? AND key = ?"
+_SQL_ITEMS = "SELECT key, CAST(value AS BLOB) FROM session_data WHERE id = ?"
 # The same few expired sessions, picked by the expiry index, for both deletes of one sweep.
 _SQL_EXPIRED = "SELECT id FROM session_expiry WHERE expires_at <= ? ORDER BY expires_at LIMIT ?"
 
@@ -1497,9 +1618,17 @@ class SQLiteStore:
     busy timeout; every operation is one short transaction.  Expired sessions
     read as empty and are swept, a few at a time, as the store is written.
 
+    Each operation borrows a connection from a small pool and gives it back, so a
+    server that starts a thread per request opens at most ``max_connections``
+    (two descriptors each), not one per thread it ever ran: SQLite cannot close a
+    connection at once while another of the process holds locks on the file, so
+    per-thread connections left their descriptors behind (53 after 50 threads).
+
     :param path: the database file; created when missing.  ``':memory:'`` is
         refused: each thread's connection would see its own empty database.
     :param timeout: seconds to wait for another writer's lock before failing.
+    :param max_connections: the most connections open at once; an operation that
+        finds them all busy waits for one, up to ``timeout``, then fails.
     :param sweep_every: sweep once every this many writes ...
     :param sweep_batch: ... deleting at most this many expired sessions.
     :param clock: epoch seconds as a float (shared by processes on one file).
@@ -1511,6 +1640,7 @@ class SQLiteStore:
         path: str | os.PathLike[str],
         *,
         timeout: float = 5.0,
+        max_connections: int = 8,
         sweep_every: int = 100,
         sweep_batch: int = 100,
         clock: Callable[[], float] = time.time,
@@ -1524,13 +1654,23 @@ class SQLiteStore:
             )
         self.timeout = _check_seconds(timeout, "timeout", 3600, "an hour, as long as a "
                                       "request should ever wait")
-        for name, value in (("sweep_every", sweep_every), ("sweep_batch", sweep_batch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        _check_count(max_connections, "max_connections", "connections")
+        _check_count(sweep_every, "sweep_every", "writes")
+        _check_count(sweep_batch, "sweep_batch", "sessions")
         self.sweep_every = sweep_every
         self.sweep_batch = sweep_batch
         self._clock = clock
-        self._local = threading.local()
+        self._where = f"SQLiteStore at {self.path!r}"
+        self.max_connections = max_connections
+        self._pool = threading.Condition()
+        self._idle: list[sqlite3.Connection] = []  # a stack: the warmest connection first
+        self._opened = 0  # this process's connections, idle or lent
+        self._generation = 0  # close() moves it on: what was lent before is closed on return
+        self._pid = os.getpid()
+        # A forked child never touches its parent's connections, and never lets them
+        # be garbage-collected either: that would close them, and a close can undo the
+        # parent's locks or checkpoint the parent's WAL under it.
+        self._inherited: list[sqlite3.Connection] = []
         self._writes = 0
         with self._transaction("open") as db:
             for statement in _SQLITE_SCHEMA.split(";")[:-1]:  # not executescript: it commits
@@ -1553,20 +1693,64 @@ class SQLiteStore:
         except StoreError:
             return "?"
 
-    def _connection(self) -> sqlite3.Connection:
-        """This thread's connection (a new one after a fork: connections must not cross it)."""
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():
-            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-            try:
-                self._use_wal(db)
-                db.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe in WAL
-            except BaseException:
+    def _after_fork(self) -> None:
+        """In a forked child, start an empty pool of its own (its parent's is left alone)."""
+        if self._pid != os.getpid():
+            self._inherited.extend(self._idle)
+            self._idle, self._opened, self._pid = [], 0, os.getpid()
+            self._pool = threading.Condition()  # the parent's lock may have been held at fork
+
+    def _checkout(self, op: str) -> tuple[sqlite3.Connection, int, int]:
+        """Lend a connection: ``(connection, pid, generation)`` to give back to ``_checkin``.
+
+        An idle one if any, else a new one while fewer than ``max_connections`` are
+        open, else wait for one to come back, up to ``timeout``: then StoreError.
+        """
+        self._after_fork()
+        with self._pool:
+            if not self._pool.wait_for(
+                lambda: self._idle or self._opened < self.max_connections, self.timeout
+            ):
+                raise StoreError(
+                    f"{self._where}: {op} failed: all {self.max_connections} connections "
+                    f"(max_connections) stayed busy for {self.timeout} s"
+                )
+            lease = (self._pid, self._generation)
+            if self._idle:
+                return self._idle.pop(), *lease
+            self._opened += 1
+        try:  # outside the lock: opening can wait up to ``timeout`` for the WAL switch
+            return self._open(), *lease
+        except BaseException:
+            with self._pool:
+                self._opened -= 1
+                self._pool.notify()
+            raise
+
+    def _checkin(self, db: sqlite3.Connection, pid: int, generation: int) -> None:
+        """Take back a lent connection: idle again, or closed if close() ran or it is broken."""
+        if pid != os.getpid():  # lent before a fork: the parent's to close, not ours
+            self._inherited.append(db)
+            return
+        with self._pool:
+            if generation == self._generation and not db.in_transaction:
+                self._idle.append(db)
+            else:
+                self._opened -= 1
                 db.close()
-                raise
-            local.db, local.pid = db, os.getpid()
-        connection: sqlite3.Connection = local.db
-        return connection
+            self._pool.notify()
+
+    def _open(self) -> sqlite3.Connection:
+        """A new connection in WAL mode; lent to one thread at a time, so any thread may use it."""
+        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            self._use_wal(db)
+            db.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe in WAL
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def _use_wal(self, db: sqlite3.Connection) -> None:
         """Put the file in WAL mode (readers never block the writer), waiting up to ``timeout``.
@@ -1604,10 +1788,14 @@ class SQLiteStore:
         with self._transaction("get") as db:
             if not db.execute(_SQL_RENEW, (now + expire, id, now)).rowcount:
                 return None
-            row = db.execute(
-                "SELECT value FROM session_data WHERE id = ? AND key = ?", (id, key)
-            ).fetchone()
-        return None if row is None else decode_json(row[0])
+            row = db.execute(_SQL_VALUE, (id, key)).fetchone()
+        if row is None:
+            return None
+        try:
+            return decode_json(row[0])
+        except ValueError:
+            failure = _not_json(self._where, "get", [(key, row[0])])
+        raise failure  # out of the except block: the decode error (holding the value) is dropped
 
     def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
         """Return a copy of all the session's data."""
@@ -1615,8 +1803,12 @@ class SQLiteStore:
         with self._transaction("get_all") as db:
             if not db.execute(_SQL_RENEW, (now + expire, id, now)).rowcount:
                 return {}
-            rows = db.execute("SELECT key, value FROM session_data WHERE id = ?", (id,)).fetchall()
-        return {key: decode_json(value) for key, value in rows}
+            rows = db.execute(_SQL_ITEMS, (id,)).fetchall()
+        try:
+            return {key: decode_json(value) for key, value in rows}
+        except ValueError:
+            failure = _not_json(self._where, "get_all", rows)
+        raise failure
 
     def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
         """Store ``value`` under ``key``: one upsert of one row, and the expiry."""
@@ -1661,33 +1853,55 @@ class SQLiteStore:
             db.execute(_SQL_RENEW, (now + expire, id, now))
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads end)."""
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            del self._local.db, self._local.pid
+        """Close the pooled connections; those lent out close when they come back.
+
+        The store stays usable: the next operation opens a connection again.
+        """
+        self._after_fork()
+        with self._pool:
+            idle, self._idle = self._idle, []
+            self._opened -= len(idle)
+            self._generation += 1
+            for db in idle:
+                db.close()
 
 
 class _SQLiteTransaction:
-    """``with`` block: one short transaction, rolled back whole on error, as StoreError."""
+    """``with`` block: one short transaction on a pooled connection, rolled back whole on error.
 
-    __slots__ = ("_db", "_op", "_store", "_write")
+    sqlite3 errors become StoreError; the connection goes back to the pool either way.
+    """
+
+    __slots__ = ("_db", "_lease", "_op", "_store", "_write")
 
     def __init__(self, store: SQLiteStore, op: str, write: bool) -> None:
         self._store, self._op, self._write = store, op, write
 
     def __enter__(self) -> sqlite3.Connection:
         try:
-            self._db = self._store._connection()
+            self._db, *self._lease = self._store._checkout(self._op)
+        except sqlite3.Error as error:
+            raise self._error(error) from error
+        try:
             # IMMEDIATE takes the write lock up front, so a transaction never has to
             # be retried half-way because another process wrote first.
             self._db.execute("BEGIN IMMEDIATE" if self._write else "BEGIN")
-        except sqlite3.Error as error:
-            raise self._error(error) from error
+        except BaseException as error:
+            self._store._checkin(self._db, *self._lease)
+            if isinstance(error, sqlite3.Error):
+                raise self._error(error) from error
+            raise
         return self._db
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: object) -> None:
+        try:
+            self._finish(error)
+        finally:
+            self._store._checkin(self._db, *self._lease)
+
+    def _finish(self, error: BaseException | None) -> None:
+        """COMMIT, or ROLLBACK after an error; a failure of either becomes StoreError."""
         db = self._db
         if error is None:
             try:
@@ -1704,7 +1918,7 @@ class _SQLiteTransaction:
             raise self._error(error) from error
 
     def _error(self, error: sqlite3.Error) -> StoreError:
-        return StoreError(f"SQLiteStore at {self._store.path!r}: {self._op} failed: {error}")
+        return StoreError(f"{self._store._where}: {self._op} failed: {error}")
 
 
 def _redis_address(client: Any) -> str:
@@ -1747,6 +1961,7 @@ class RedisStore:
         self.client = client
         self.prefix = prefix
         self.address = _redis_address(client)
+        self._where = f"RedisStore at {self.address}"
 
     def __repr__(self) -> str:
         return f"RedisStore(address={self.address!r}, prefix={self.prefix!r})"
@@ -1754,8 +1969,13 @@ class RedisStore:
     def _repr_html_(self) -> str:
         return _html_table("RedisStore", [("address", self.address), ("prefix", self.prefix)])
 
-    def _run(self, op: str, build: Callable[[Any], object]) -> list[Any]:
-        """Send the commands ``build`` queues as one transaction; failures become StoreError."""
+    def _transact(self, op: str, build: Callable[[Any], object], *secret: str) -> list[Any]:
+        """Send the commands ``build`` queues as one MULTI/EXEC; failures become StoreError.
+
+        ``secret`` are the strings of this call that must not reach a log (the
+        Redis key, which holds the session token, and the stored JSON text): they
+        are cut out of the error's message along with the command redis-py quotes.
+        """
         try:
             pipe = self.client.pipeline(transaction=True)
             build(pipe)
@@ -1763,10 +1983,15 @@ class RedisStore:
         except (TypeError, ValueError):  # a bad argument of the caller's: Redis is fine
             raise
         except Exception as error:  # redis-py raises its own ConnectionError, TimeoutError...
-            raise StoreError(
-                f"RedisStore at {self.address}: {op} failed: {type(error).__name__}: {error}"
-            ) from error
-        return results
+            failure = error
+        else:
+            return results
+        # Raised here, out of the except block, so that the original error (whose args
+        # quote the command with the token and the value) is not even the __context__.
+        message = _redacted_message(failure, secret)
+        raise StoreError(
+            f"{self._where}: {op} failed: {type(failure).__name__}: {message}"
+        ) from _sanitised_copy(failure, message)
 
     @staticmethod
     def _ms(expire: float) -> int:
@@ -1775,37 +2000,53 @@ class RedisStore:
     def get(self, id: SessionId, key: str, expire: float) -> Any:
         """Return a copy of the value of ``key``, or None (HGET + PEXPIRE)."""
         name = self.prefix + id
-        value = self._run("get", lambda p: p.hget(name, key).pexpire(name, self._ms(expire)))[0]
-        return None if value is None else decode_json(value)
+        value = self._transact(
+            "get", lambda p: p.hget(name, key).pexpire(name, self._ms(expire)), name
+        )[0]
+        if value is None:
+            return None
+        try:
+            return decode_json(value)
+        except ValueError:
+            failure = _not_json(self._where, "get", [(key, value)])
+        raise failure  # out of the except block: the decode error (holding the value) is dropped
 
     def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
         """Return a copy of all the session's data (HGETALL + PEXPIRE)."""
         name = self.prefix + id
-        fields = self._run(
-            "get_all", lambda p: p.hgetall(name).pexpire(name, self._ms(expire))
+        fields = self._transact(
+            "get_all", lambda p: p.hgetall(name).pexpire(name, self._ms(expire)), name
         )[0]
-        return {_text(field): decode_json(value) for field, value in fields.items()}
+        try:
+            return {_text(field): decode_json(value) for field, value in fields.items()}
+        except ValueError:
+            failure = _not_json(self._where, "get_all", fields.items())
+        raise failure
 
     def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
         """Store ``value`` under ``key`` (HSET + PEXPIRE)."""
         text = encode_json(key, value)
         name = self.prefix + id
-        self._run("set", lambda p: p.hset(name, key, text).pexpire(name, self._ms(expire)))
+        self._transact(
+            "set", lambda p: p.hset(name, key, text).pexpire(name, self._ms(expire)), name, text
+        )
 
     def delete(self, id: SessionId, key: str, expire: float) -> None:
         """Remove ``key`` from the session (HDEL + PEXPIRE)."""
         name = self.prefix + id
-        self._run("delete", lambda p: p.hdel(name, key).pexpire(name, self._ms(expire)))
+        self._transact(
+            "delete", lambda p: p.hdel(name, key).pexpire(name, self._ms(expire)), name
+        )
 
     def delete_all(self, id: SessionId) -> None:
         """Remove the whole session (DEL)."""
         name = self.prefix + id
-        self._run("delete_all", lambda p: p.delete(name))
+        self._transact("delete_all", lambda p: p.delete(name), name)
 
     def extend(self, id: SessionId, expire: float) -> None:
         """Renew the session's expiry (PEXPIRE: a no-op for a session that does not exist)."""
         name = self.prefix + id
-        self._run("extend", lambda p: p.pexpire(name, self._ms(expire)))
+        self._transact("extend", lambda p: p.pexpire(name, self._ms(expire)), name)
 
 
 # ============================================================================
@@ -1833,12 +2074,21 @@ def _same_json(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _expect(ok: bool, name: str, operation: str, expected: str, got: Any) -> None:
+def _expect(ok: bool, got: Any, name: str, operation: str, expected: str) -> None:
+    """Raise AssertionError unless ``ok``; ``got`` is the value ``ok`` was computed from.
+
+    The caller fetches once and passes that value: fetching again for the message
+    could report a different value than the one that failed.
+    """
     if not ok:
         raise AssertionError(f"{name}.{operation}: expected {expected}, got {got!r}")
 
 
-def check_store(store: Any, *, expire: float = 0.5, writes: int = 1000) -> None:
+#: The expiry the checks use when expiry is not what they test: an hour.
+_LONG = 3600.0
+
+
+def check_store(store: Store, *, expire: float = 0.5, writes: int = 1000) -> None:
     """Check that ``store`` keeps the Store API's contract; raise AssertionError if not.
 
     Covers missing keys and unknown sessions, JSON round trips of every JSON
@@ -1856,135 +2106,184 @@ def check_store(store: Any, *, expire: float = 0.5, writes: int = 1000) -> None:
     run = secrets.token_hex(6)
     ids = [f"check_store:{run}:{n}" for n in range(8)]
     a, b, short, renewed, renewed_all, renewed_delete, extended, concurrent = ids
-    long = 3600.0
     try:
-        # Unknown sessions read as empty, and reading or extending creates nothing.
-        _expect(store.get(a, "k", long) is None, name, "get(unknown session, 'k')", "None",
-                store.get(a, "k", long))
-        _expect(store.get_all(a, long) == {}, name, "get_all(unknown session)", "{}",
-                store.get_all(a, long))
-        store.extend(a, long)
-        store.delete(a, "k", long)
-        _expect(store.get_all(a, long) == {}, name, "get_all after extend/delete of an unknown "
-                "session", "{} (nothing created)", store.get_all(a, long))
-
-        # Every JSON type round-trips exactly.
-        for index, sample in enumerate(_JSON_SAMPLES):
-            # A copy goes in: a store that keeps the caller's object must not pass (or
-            # change our samples) when its results are mutated below.
-            store.set(a, f"v{index}", copy.deepcopy(sample), long)
-            got = store.get(a, f"v{index}", long)
-            _expect(_same_json(got, sample), name, f"get after set(key, {sample!r})",
-                    f"{sample!r} ({type(sample).__name__})", got)
-        # Keys are any text; values are JSON, so tuples and int dict keys come back as
-        # JSON has them; and what the caller does to its object after set changes nothing.
-        odd_keys = {"": "empty key", "a:b/c d": "key with separators"}
-        for key, sample in odd_keys.items():
-            store.set(a, key, sample, long)
-        store.set(a, "tuple", (1, 2), long)
-        store.set(a, "int keys", {1: "one"}, long)
-        mine = {"roles": ["user"]}
-        store.set(a, "mine", mine, long)
-        mine["roles"].append("admin")
-        for key, expected in [("tuple", [1, 2]), ("int keys", {"1": "one"}),
-                              ("mine", {"roles": ["user"]}), *odd_keys.items()]:
-            got = store.get(a, key, long)
-            _expect(_same_json(got, expected), name, f"get({key!r}) after set", repr(expected),
-                    got)
-        for key in ("tuple", "int keys", "mine", *odd_keys):
-            store.delete(a, key, long)
-        everything = {f"v{index}": sample for index, sample in enumerate(_JSON_SAMPLES)}
-        got_all = store.get_all(a, long)
-        _expect(_same_json(got_all, everything), name, "get_all", repr(everything), got_all)
-        _expect(store.get(a, "missing", long) is None, name, "get(missing key)", "None",
-                store.get(a, "missing", long))
-
-        # get and get_all return copies: changing them changes nothing stored.
-        value = store.get(a, "v14", long)
-        value["a"].append("mutated")
-        value["new"] = 1
-        got_all = store.get_all(a, long)
-        got_all["v13"].append("mutated")
-        got_all["v0"] = "mutated"
-        _expect(_same_json(store.get(a, "v14", long), _JSON_SAMPLES[14]), name,
-                "get after mutating an earlier result", "the stored value unchanged (a copy)",
-                store.get(a, "v14", long))
-        _expect(_same_json(store.get_all(a, long), everything), name,
-                "get_all after mutating an earlier result", "the stored data unchanged",
-                store.get_all(a, long))
-
-        # Overwrite, and refusal of values that are not JSON (nothing stored).
-        store.set(a, "v9", "overwritten", long)
-        _expect(store.get(a, "v9", long) == "overwritten", name, "get after overwriting set",
-                "'overwritten'", store.get(a, "v9", long))
-        for bad in (object(), {1, 2}, float("nan"), b"bytes", "lone surrogate \ud800"):
-            try:
-                store.set(a, "bad", bad, long)
-            except TypeError:
-                pass
-            else:
-                raise AssertionError(f"{name}.set(key, {bad!r}): expected TypeError for a "
-                                     "value that is not JSON, nothing raised")
-            _expect(store.get(a, "bad", long) is None, name, f"get after a refused set of "
-                    f"{type(bad).__name__}", "None (nothing stored)", store.get(a, "bad", long))
-
-        # Isolation between sessions.
-        store.set(b, "v9", "other session", long)
-        _expect(store.get(a, "v9", long) == "overwritten", name, "get in one session after a set "
-                "of the same key in another", "'overwritten'", store.get(a, "v9", long))
-
-        # delete removes one key; delete_all the whole session and nothing else.
-        store.delete(a, "v9", long)
-        store.delete(a, "never-set", long)
-        _expect(store.get(a, "v9", long) is None, name, "get after delete", "None",
-                store.get(a, "v9", long))
-        _expect(store.get(a, "v10", long) == _JSON_SAMPLES[10], name, "get of another key "
-                "after delete", repr(_JSON_SAMPLES[10]), store.get(a, "v10", long))
-        store.delete_all(a)
-        _expect(store.get_all(a, long) == {}, name, "get_all after delete_all", "{}",
-                store.get_all(a, long))
-        _expect(store.get(b, "v9", long) == "other session", name, "get in another session "
-                "after delete_all", "'other session'", store.get(b, "v9", long))
-
-        # Expiry: set with a short expire ends the session; every operation renews it.
-        store.set(short, "k", 1, expire)
-        for id in (renewed, renewed_all, renewed_delete):
-            store.set(id, "k", 1, long)
-        # Renewing to a short expiry: each of these ends too.
-        store.get(renewed, "k", expire)
-        store.get_all(renewed_all, expire)
-        store.delete(renewed_delete, "other", expire)
-        store.set(extended, "k", 1, expire)
-        store.extend(extended, long)  # renewing to a long expiry: it lives on
-        time.sleep(expire * 1.5 + 0.05)
-        store.extend(short, long)  # too late: an expired session must not come back
-        _expect(store.get_all(short, long) == {}, name, f"get_all {expire * 1.5 + 0.05:.2f}s "
-                f"after set(..., expire={expire}) and a late extend", "{} (expired)",
-                store.get_all(short, long))
-        for id, operation in [(renewed, "get"), (renewed_all, "get_all"),
-                              (renewed_delete, "delete")]:
-            _expect(store.get(id, "k", long) is None, name, f"get after {operation}(..., "
-                    f"expire={expire}) renewed the expiry", "None (expired)",
-                    store.get(id, "k", long))
-        _expect(store.get(extended, "k", long) == 1, name, "get after extend(..., long) renewed "
-                f"a set(..., expire={expire})", "1 (still alive)", store.get(extended, "k", long))
-        store.set(short, "fresh", 2, long)
-        _expect(store.get_all(short, long) == {"fresh": 2}, name, "get_all after set on an "
-                "expired session", "{'fresh': 2} (no old data back)", store.get_all(short, long))
-
-        # Concurrent writers on different keys of one session all survive.
-        _check_concurrent_writers(store, name, concurrent, writes, long)
+        _check_unknown_sessions(store, name, a)
+        _check_json_round_trips(store, name, a)
+        _check_odd_keys_and_normalisation(store, name, a)
+        _check_copies_out(store, name, a)
+        _check_overwrite_and_non_json_refused(store, name, a)
+        _check_isolation(store, name, a, b)
+        _check_delete_and_delete_all(store, name, a, b)
+        _check_expiry_and_renewal(store, name, expire, short,
+                                  (renewed, renewed_all, renewed_delete), extended)
+        _check_concurrent_writers(store, name, concurrent, writes, _LONG)
     finally:
         for id in ids:
             store.delete_all(id)
 
 
+def _check_unknown_sessions(store: Store, name: str, id: SessionId) -> None:
+    """Unknown sessions read as empty, and reading, extending or deleting creates nothing."""
+    got = store.get(id, "k", _LONG)
+    _expect(got is None, got, name, "get(unknown session, 'k')", "None")
+    got_all = store.get_all(id, _LONG)
+    _expect(got_all == {}, got_all, name, "get_all(unknown session)", "{}")
+    store.extend(id, _LONG)
+    store.delete(id, "k", _LONG)
+    got_all = store.get_all(id, _LONG)
+    _expect(got_all == {}, got_all, name, "get_all after extend/delete of an unknown session",
+            "{} (nothing created)")
+
+
+def _samples() -> dict[str, Any]:
+    """The data ``_check_json_round_trips`` leaves in the session: key ``v<n>`` per sample."""
+    return {f"v{index}": sample for index, sample in enumerate(_JSON_SAMPLES)}
+
+
+def _check_json_round_trips(store: Store, name: str, id: SessionId) -> None:
+    """Every JSON type round-trips exactly, through get and then get_all."""
+    for index, sample in enumerate(_JSON_SAMPLES):
+        # A copy goes in: a store that keeps the caller's object must not pass (or
+        # change our samples) when its results are mutated later.
+        store.set(id, f"v{index}", copy.deepcopy(sample), _LONG)
+        got = store.get(id, f"v{index}", _LONG)
+        _expect(_same_json(got, sample), got, name, f"get after set(key, {sample!r})",
+                f"{sample!r} ({type(sample).__name__})")
+
+
+def _check_odd_keys_and_normalisation(store: Store, name: str, id: SessionId) -> None:
+    """Keys are any text; values come back as JSON has them; the caller's object is copied in.
+
+    Tuples come back as lists and int dict keys as strings, and what the caller
+    does to its object after ``set`` changes nothing stored.  Then get_all sees
+    exactly the samples, and a missing key reads as None.
+    """
+    odd_keys = {"": "empty key", "a:b/c d": "key with separators"}
+    for key, sample in odd_keys.items():
+        store.set(id, key, sample, _LONG)
+    store.set(id, "tuple", (1, 2), _LONG)
+    store.set(id, "int keys", {1: "one"}, _LONG)
+    mine = {"roles": ["user"]}
+    store.set(id, "mine", mine, _LONG)
+    mine["roles"].append("admin")
+    for key, expected in [("tuple", [1, 2]), ("int keys", {"1": "one"}),
+                          ("mine", {"roles": ["user"]}), *odd_keys.items()]:
+        got = store.get(id, key, _LONG)
+        _expect(_same_json(got, expected), got, name, f"get({key!r}) after set", repr(expected))
+    for key in ("tuple", "int keys", "mine", *odd_keys):
+        store.delete(id, key, _LONG)
+    everything = _samples()
+    got_all = store.get_all(id, _LONG)
+    _expect(_same_json(got_all, everything), got_all, name, "get_all", repr(everything))
+    got = store.get(id, "missing", _LONG)
+    _expect(got is None, got, name, "get(missing key)", "None")
+
+
+def _check_copies_out(store: Store, name: str, id: SessionId) -> None:
+    """get and get_all return copies: changing them changes nothing stored."""
+    value = store.get(id, "v14", _LONG)
+    value["a"].append("mutated")
+    value["new"] = 1
+    got_all = store.get_all(id, _LONG)
+    got_all["v13"].append("mutated")
+    got_all["v0"] = "mutated"
+    got = store.get(id, "v14", _LONG)
+    _expect(_same_json(got, _JSON_SAMPLES[14]), got, name,
+            "get after mutating an earlier result", "the stored value unchanged (a copy)")
+    got_all = store.get_all(id, _LONG)
+    _expect(_same_json(got_all, _samples()), got_all, name,
+            "get_all after mutating an earlier result", "the stored data unchanged")
+
+
+def _check_overwrite_and_non_json_refused(store: Store, name: str, id: SessionId) -> None:
+    """set overwrites; a value that is not JSON raises TypeError and stores nothing."""
+    store.set(id, "v9", "overwritten", _LONG)
+    got = store.get(id, "v9", _LONG)
+    _expect(got == "overwritten", got, name, "get after overwriting set", "'overwritten'")
+    for bad in (object(), {1, 2}, float("nan"), b"bytes", "lone surrogate \ud800"):
+        try:
+            store.set(id, "bad", bad, _LONG)
+        except TypeError:
+            pass
+        else:
+            raise AssertionError(f"{name}.set(key, {bad!r}): expected TypeError for a "
+                                 "value that is not JSON, nothing raised")
+        got = store.get(id, "bad", _LONG)
+        _expect(got is None, got, name, f"get after a refused set of {type(bad).__name__}",
+                "None (nothing stored)")
+
+
+def _check_isolation(store: Store, name: str, id: SessionId, other: SessionId) -> None:
+    """A set in another session leaves this session's same key alone."""
+    store.set(other, "v9", "other session", _LONG)
+    got = store.get(id, "v9", _LONG)
+    _expect(got == "overwritten", got, name, "get in one session after a set of the same key "
+            "in another", "'overwritten'")
+
+
+def _check_delete_and_delete_all(store: Store, name: str, id: SessionId,
+                                 other: SessionId) -> None:
+    """delete removes one key; delete_all the whole session and nothing else."""
+    store.delete(id, "v9", _LONG)
+    store.delete(id, "never-set", _LONG)
+    got = store.get(id, "v9", _LONG)
+    _expect(got is None, got, name, "get after delete", "None")
+    got = store.get(id, "v10", _LONG)
+    _expect(got == _JSON_SAMPLES[10], got, name, "get of another key after delete",
+            repr(_JSON_SAMPLES[10]))
+    store.delete_all(id)
+    got_all = store.get_all(id, _LONG)
+    _expect(got_all == {}, got_all, name, "get_all after delete_all", "{}")
+    got = store.get(other, "v9", _LONG)
+    _expect(got == "other session", got, name, "get in another session after delete_all",
+            "'other session'")
+
+
+def _check_expiry_and_renewal(store: Store, name: str, expire: float, short: SessionId,
+                              renewed: tuple[SessionId, SessionId, SessionId],
+                              extended: SessionId) -> None:
+    """set with a short expire ends the session; get, get_all, delete and extend renew it.
+
+    Renewing to a short expiry ends a session too; a late extend must not bring an
+    expired session back, nor a set its old data.  Sleeps ``expire * 1.5 + 0.05`` s.
+    """
+    store.set(short, "k", 1, expire)
+    for id in renewed:
+        store.set(id, "k", 1, _LONG)
+    by_get, by_get_all, by_delete = renewed
+    store.get(by_get, "k", expire)
+    store.get_all(by_get_all, expire)
+    store.delete(by_delete, "other", expire)
+    store.set(extended, "k", 1, expire)
+    store.extend(extended, _LONG)  # renewing to a long expiry: it lives on
+    waited = expire * 1.5 + 0.05
+    time.sleep(waited)
+    store.extend(short, _LONG)  # too late: an expired session must not come back
+    got_all = store.get_all(short, _LONG)
+    _expect(got_all == {}, got_all, name, f"get_all {waited:.2f}s after set(..., "
+            f"expire={expire}) and a late extend", "{} (expired)")
+    for id, operation in zip(renewed, ("get", "get_all", "delete"), strict=True):
+        got = store.get(id, "k", _LONG)
+        _expect(got is None, got, name, f"get after {operation}(..., expire={expire}) renewed "
+                "the expiry", "None (expired)")
+    got = store.get(extended, "k", _LONG)
+    _expect(got == 1, got, name, f"get after extend(..., long) renewed a set(..., "
+            f"expire={expire})", "1 (still alive)")
+    store.set(short, "fresh", 2, _LONG)
+    got_all = store.get_all(short, _LONG)
+    _expect(got_all == {"fresh": 2}, got_all, name, "get_all after set on an expired session",
+            "{'fresh': 2} (no old data back)")
+
+
 _WRITERS = "wxyz"
 
 
-def _check_concurrent_writers(store: Any, name: str, id: SessionId, writes: int,
+def _check_concurrent_writers(store: Store, name: str, id: SessionId, writes: int,
                               expire: float) -> None:
-    """Four threads set their own keys of one session at once; every key must be there."""
+    """Four threads set their own keys of one session at once; every key must be there.
+
+    The switch interval is process-wide: it is put back in a ``finally``.
+    """
     start = threading.Barrier(len(_WRITERS))
     errors: list[BaseException] = []
 
@@ -2012,5 +2311,6 @@ def _check_concurrent_writers(store: Any, name: str, id: SessionId, writes: int,
     data = store.get_all(id, expire)
     lost = [f"{label}{n}" for label in _WRITERS for n in range(writes)
             if f"{label}{n}" not in data]
-    _expect(not lost, name, f"get_all after {len(_WRITERS)} concurrent writers set {writes} "
-            "keys each", f"all {len(_WRITERS) * writes} keys", f"{len(lost)} lost, e.g. {lost[:3]}")
+    _expect(not lost, f"{len(lost)} lost, e.g. {lost[:3]}", name, f"get_all after "
+            f"{len(_WRITERS)} concurrent writers set {writes} keys each",
+            f"all {len(_WRITERS) * writes} keys")

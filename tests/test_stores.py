@@ -26,11 +26,14 @@ from typing import Any
 import pytest
 
 from generic_session import (
+    _SESSION_OVERHEAD,
     TWO_WEEKS,
     MemoryStore,
     RedisStore,
     SQLiteStore,
+    Store,
     StoreError,
+    _key_size,
     check_store,
     encode_json,
 )
@@ -65,6 +68,15 @@ def run_threads(count: int, work: Callable[[int], None], timeout: float = 30.0) 
     assert not any(thread.is_alive() for thread in threads), "a worker thread hung"
     if errors:
         raise errors[0]
+
+
+def memory_size(sessions: dict[str, dict[str, Any]]) -> int:
+    """The bytes a MemoryStore counts for these sessions (id -> data), as its repr shows."""
+    return sum(
+        _SESSION_OVERHEAD + sys.getsizeof(id)
+        + sum(_key_size(key, encode_json(key, value)) for key, value in data.items())
+        for id, data in sessions.items()
+    )
 
 
 def repr_sessions(store: Any) -> int:
@@ -380,6 +392,34 @@ def test_check_store_catches_a_broken_store(store_class: type[TinyStore], messag
         check_store(store_class())
 
 
+class ChangingStore(TinyStore):
+    """get answers something new on every call: 1, 2, 3..."""
+
+    calls = 0
+
+    def get(self, id: str, key: str, expire: float) -> Any:
+        self.calls += 1
+        return self.calls
+
+
+def test_check_store_reports_the_very_value_that_failed_fetched_once() -> None:
+    store = ChangingStore()
+
+    with pytest.raises(AssertionError, match=r"^ChangingStore\.get\(unknown session, 'k'\): "
+                       r"expected None, got 1$"):
+        check_store(store)
+    assert store.calls == 1
+
+
+def test_check_store_puts_the_switch_interval_back_even_when_a_check_fails() -> None:
+    interval = sys.getswitchinterval()
+
+    with pytest.raises(AssertionError, match=r"concurrent writers"):
+        check_store(WholeBlobStore())
+
+    assert sys.getswitchinterval() == interval
+
+
 # ---------------------------------------------------------------------------
 # check_store on the real stores
 
@@ -401,20 +441,26 @@ def redis_url_store(redis_client: Any, redis_server: RedisServer) -> Iterator[Ca
         client.close()
 
 
-def test_check_store_passes_on_memory_store() -> None:
-    check_store(MemoryStore())
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each shipped store in turn: in memory, in a SQLite file, on the test redis-server."""
+    if request.param == "memory":
+        yield MemoryStore()
+    elif request.param == "sqlite":
+        sqlite_store = SQLiteStore(tmp_path / "sessions.db")
+        yield sqlite_store
+        sqlite_store.close()
+    else:
+        yield RedisStore(request.getfixturevalue("redis_client"))  # bytes replies, no prefix
 
 
-def test_check_store_passes_on_sqlite_store_in_a_file(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "sessions.db")
+def test_check_store_passes_on_every_shipped_store(store: Store) -> None:
     check_store(store)
-    store.close()
 
 
 @pytest.mark.parametrize(
     ("prefix", "decode_responses"),
     [
-        pytest.param("", False, id="bytes replies"),
         pytest.param("", True, id="decoded replies"),
         pytest.param("myapp:sessions:", False, id="with a prefix"),
     ],
@@ -500,11 +546,7 @@ def test_memory_store_is_thread_safe_and_keeps_its_size_exact() -> None:
     assert data == {f"t{n}-{i}": i for n in range(8) for i in range(100)}
     own = {n: store.get_all(f"session:own-{n}", 3600) for n in range(8)}
     assert own == {n: {f"k{i}": [n, i] for i in range(100) if i % 10} for n in range(8)}
-    expected_size = len(shared) + sum(len(k) + len(encode_json(k, v)) for k, v in data.items())
-    expected_size += sum(
-        len(f"session:own-{n}") + sum(len(k) + len(encode_json(k, v)) for k, v in d.items())
-        for n, d in own.items()
-    )
+    expected_size = memory_size({shared: data, **{f"session:own-{n}": d for n, d in own.items()}})
     assert f"sessions=9, size={expected_size}," in repr(store)
 
 
@@ -530,8 +572,8 @@ def test_memory_store_deleting_the_last_key_removes_the_session() -> None:
 
 
 def test_memory_store_evicts_the_least_recently_used_session_past_max_size() -> None:
-    # Each session is id (9) + key (1) + JSON text (1) = 11 characters: five fit.
-    store = MemoryStore(max_size=55)
+    # Each session is the same size (ids of one length, one key, one digit): five fit.
+    store = MemoryStore(max_size=5 * memory_size({"session:0": {"k": 0}}))
     for n in range(5):
         store.set(f"session:{n}", "k", n, 3600)
     assert repr_sessions(store) == 5
@@ -551,28 +593,31 @@ def test_memory_store_evicts_the_least_recently_used_session_past_max_size() -> 
 
 
 def test_memory_store_growing_a_session_evicts_only_what_it_must() -> None:
-    store = MemoryStore(max_size=40)
-    store.set("session:0", "k", 0, 3600)  # 11 characters
-    store.set("session:1", "k", 1, 3600)  # 11 characters
+    grown = memory_size({"session:0": {"k": 0}, "session:1": {"k": 1, "kk": 22}})
+    store = MemoryStore(max_size=grown)
+    store.set("session:0", "k", 0, 3600)
+    store.set("session:1", "k", 1, 3600)
 
-    store.set("session:1", "kk", 22, 3600)  # +4: 26 of 40, everything still fits
+    store.set("session:1", "kk", 22, 3600)  # exactly max_size: everything still fits
 
     assert store.get("session:0", "k", 3600) == 0
     assert store.get_all("session:1", 3600) == {"k": 1, "kk": 22}
 
 
 def test_memory_store_refuses_a_session_bigger_than_max_size_and_stores_nothing() -> None:
-    store = MemoryStore(max_size=50)
+    small = memory_size({"session:big": {"small": 1}})
+    store = MemoryStore(max_size=small + 50)
 
-    with pytest.raises(ValueError, match=r"^MemoryStore: .* over max_size=50; nothing was stored"):
+    with pytest.raises(ValueError, match=rf"^MemoryStore: session data would be \d+ bytes with "
+                       rf"key 'k', over max_size={small + 50}; nothing was stored$"):
         store.set("session:big", "k", "x" * 100, 60)
     assert repr_sessions(store) == 0
 
     store.set("session:big", "small", 1, 60)
-    with pytest.raises(ValueError, match=r"with key 'huge', over max_size=50"):
+    with pytest.raises(ValueError, match=rf"with key 'huge', over max_size={small + 50}"):
         store.set("session:big", "huge", "x" * 100, 60)
     assert store.get_all("session:big", 60) == {"small": 1}
-    assert "size=17," in repr(store)  # id 11 + key 5 + "1" 1: the small session only
+    assert f"size={small}," in repr(store)  # the small session only
 
 
 def test_memory_store_sessions_expire_on_the_injected_clock() -> None:
@@ -608,37 +653,38 @@ def test_memory_store_caps_expiry_at_max_age() -> None:
 
 
 def test_memory_store_shows_its_sessions_size_and_limits_as_an_html_table() -> None:
-    store = MemoryStore(max_size=1000, max_age=60)
-    store.set("session:a", "k", "v", 60)  # 9 + 1 + 3 characters
-    store.set("session:b", "kk", [1], 60)  # 9 + 2 + 3 characters
+    store = MemoryStore(max_size=10_000, max_age=60)
+    store.set("session:a", "k", "v", 60)
+    store.set("session:b", "kk", [1], 60)
 
+    size = memory_size({"session:a": {"k": "v"}, "session:b": {"kk": [1]}})
     assert html_table(store._repr_html_()) == (
-        "MemoryStore", {"sessions": "2", "size": "27", "max_size": "1000", "max_age": "60"})
+        "MemoryStore", {"sessions": "2", "size": str(size), "max_size": "10000", "max_age": "60"})
 
 
 BAD_MEMORY_OPTIONS = [
-    ("max_size", 0, r"^max_size must be a number of characters > 0, got 0$"),
-    ("max_size", -5, r"^max_size must be .* got -5$"),
-    ("max_size", 1.5, r"^max_size must be .* got 1\.5$"),
-    ("max_size", True, r"^max_size must be .* got True$"),
-    ("max_size", "100", r"^max_size must be .* got '100'$"),
-    ("max_age", 0, r"^max_age must be a number of seconds > 0\b.*, got 0$"),
-    ("max_age", -1, r"^max_age must be .* got -1$"),
-    ("max_age", float("inf"), r"^max_age must be .* got inf$"),
-    ("max_age", float("nan"), r"^max_age must be .* got nan$"),
-    ("max_age", "60", r"^max_age must be a number of seconds > 0\b.*, got str '60'$"),
+    ("max_size", 0, ValueError, r"^max_size must be a whole number of bytes >= 1, got 0$"),
+    ("max_size", -5, ValueError, r"^max_size must be .* got -5$"),
+    ("max_size", 1.5, TypeError, r"^max_size must be .* got float 1\.5$"),
+    ("max_size", True, TypeError, r"^max_size must be .* got bool True$"),
+    ("max_size", "100", TypeError, r"^max_size must be .* got str '100'$"),
+    ("max_age", 0, ValueError, r"^max_age must be a number of seconds > 0\b.*, got 0$"),
+    ("max_age", -1, ValueError, r"^max_age must be .* got -1$"),
+    ("max_age", float("inf"), ValueError, r"^max_age must be .* got inf$"),
+    ("max_age", float("nan"), ValueError, r"^max_age must be .* got nan$"),
+    ("max_age", "60", TypeError, r"^max_age must be a number of seconds > 0\b.*, got str '60'$"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("option", "value", "message"),
+    ("option", "value", "error", "message"),
     [pytest.param(*case, id=f"{case[0]}={case[1]!r}") for case in BAD_MEMORY_OPTIONS],
 )
-def test_memory_store_bad_options_raise_value_error_naming_the_option(
-    option: str, value: Any, message: str
+def test_memory_store_bad_options_raise_type_or_value_error_naming_the_option(
+    option: str, value: Any, error: type[Exception], message: str
 ) -> None:
     options: dict[str, Any] = {option: value}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         MemoryStore(**options)
 
 
@@ -824,14 +870,17 @@ def test_sqlite_store_sweeps_at_most_sweep_batch_expired_sessions_per_write(
 
 
 @pytest.mark.parametrize(
-    ("option", "value"),
-    [("sweep_every", 0), ("sweep_every", -1), ("sweep_batch", 0), ("sweep_batch", -1)],
+    ("option", "value", "error"),
+    [("sweep_every", 0, ValueError), ("sweep_every", -1, ValueError),
+     ("sweep_batch", 0, ValueError), ("sweep_batch", -1, ValueError),
+     ("max_connections", 0, ValueError), ("sweep_every", 1.5, TypeError),
+     ("sweep_batch", True, TypeError), ("max_connections", "8", TypeError)],
 )
-def test_sqlite_store_bad_sweep_options_raise_value_error_naming_the_option(
-    tmp_path: Path, option: str, value: int
+def test_sqlite_store_bad_count_options_raise_type_or_value_error_naming_the_option(
+    tmp_path: Path, option: str, value: Any, error: type[Exception]
 ) -> None:
     options: dict[str, Any] = {option: value}
-    with pytest.raises(ValueError, match=rf"^{option} must be"):
+    with pytest.raises(error, match=rf"^{option} must be a whole number of \w+ >= 1, got "):
         SQLiteStore(tmp_path / "sessions.db", **options)
 
 
