@@ -263,8 +263,10 @@ def make_demo(*variables: str) -> subprocess.CompletedProcess[str]:
                              capture_output=True, check=False)
     if current.returncode != 0:
         pytest.skip("the demo's venv is not installed or not current: run `make demo` once")
+    # SESSION_KEYS set: the demo would otherwise keep its development key in the project.
     return subprocess.run(
         ["make", "--no-print-directory", "demo", *variables], cwd=PROJECT_ROOT,
+        env={**os.environ, "SESSION_KEYS": "a test key"},
         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False,
     )
 
