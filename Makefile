@@ -1,7 +1,9 @@
-# Build, test and demo entry points. Everything runs inside ./.venv, which
-# `make venv` creates from requirements-dev.txt with every package, transitive
-# ones included, held to the exact versions in constraints.txt (re-run only
-# when a requirements file or constraints.txt changes, thanks to the stamp file).
+# Build, test and demo entry points. Everything runs inside ./.venv, with every
+# package, transitive ones included, held to the exact versions in
+# constraints.txt. It is installed in two steps, each re-run only when its
+# requirements file or constraints.txt changes (thanks to its stamp file):
+# `make demo` installs requirements.txt only (bottle, requests, cachetools: a
+# few seconds), `make test`/`make venv` add requirements-dev.txt.
 # Needs Python >= 3.11: `make PYTHON=python3.11 test` picks the interpreter.
 #
 #   make demo [PORT=8080] [DEMO_STORE=sqlite:/tmp/s.db]   run server.py + client.py
@@ -9,7 +11,7 @@
 #   make constraints                                      re-pin constraints.txt
 #   make lint | bench | clean
 
-# bash (not sh) for /dev/tcp, traps and pipefail in the demo recipe.
+# bash (not sh) for $SECONDS, traps and pipefail in the demo recipe.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -17,13 +19,15 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+DEV_STAMP := $(VENV)/.installed-dev
+PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -q
 
 HOST := 127.0.0.1
-# Empty means "pick a free port" (see the demo recipe).
+# Empty means "a free port": server.py binds port 0 and says which it got.
 PORT ?=
 DEMO_STORE ?= memory
-# Seconds to wait for the demo server to listen.
+# Seconds to wait for the demo server to say it serves.
 DEMO_WAIT ?= 10
 PYTEST_ARGS ?=
 
@@ -32,7 +36,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "targets: venv demo test lint bench constraints clean"
 
-venv: $(STAMP)
+venv: $(DEV_STAMP)
 
 # The library needs Python >= 3.11 (datetime.UTC, `isinstance(x, int | float)`):
 # fail with one line before making a venv, rather than deep inside pip or
@@ -44,19 +48,26 @@ CHECK_PYTHON = command -v $(firstword $(PYTHON)) >/dev/null 2>&1 || { \
 	$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v >= (3, 11) else \
 	  "need Python >= 3.11, found %d.%d at %s; set PYTHON=python3.11" % (v + (sys.executable,)))'
 
-# One .venv for everything: `make demo` only needs requirements.txt, but a
-# second, demo-only venv would mean a second install, a second stamp and a
-# second set of pins to keep in step, to save a one-off ~30 s install.
+# One .venv, filled in two steps: the demo's packages, then the development
+# set on top. Two venvs would mean two installs of the shared packages and two
+# sets of pins to keep in step.
 #
 # `python -m venv` on an existing venv is harmless and repairs a half-made one,
-# so it always runs; the stamp keeps this whole step off the fast path.
+# so it always runs; the stamps keep these steps off the fast path.
 # -c constraints.txt pins every transitive dependency too (pip also applies the
 # machine's own constraint file, if its pip config names one).
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+$(DEMO_STAMP): requirements.txt constraints.txt
 	@$(CHECK_PYTHON)
 	$(PYTHON) -m venv $(VENV)
+	@echo '$(PY) -m pip install -q -r requirements.txt -c constraints.txt'
+	@$(PIP_INSTALL) -r requirements.txt -c constraints.txt || { \
+	  echo "make: pip install failed; after changing a requirements file, run 'make constraints'" >&2; \
+	  exit 1; }
+	touch $@
+
+$(DEV_STAMP): $(DEMO_STAMP) requirements-dev.txt
 	@echo '$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt'
-	@$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt -c constraints.txt || { \
+	@$(PIP_INSTALL) -r requirements-dev.txt -c constraints.txt || { \
 	  echo "make: pip install failed; after changing a requirements file, run 'make constraints'" >&2; \
 	  exit 1; }
 	touch $@
@@ -87,27 +98,25 @@ constraints:
 	echo "constraints.txt: $$(grep -vc '^#' constraints.txt) packages pinned; review with git diff constraints.txt"
 
 # One shell script (hence the backslashes): start the server in the background,
-# poll until its port accepts a connection, run the client, and stop the server
+# wait until it prints "Serving on http://HOST:PORT", which it does once it has
+# bound its port and checked its store (a port answering is not enough: someone
+# else may hold it), run the client on the port it names, and stop the server
 # from an EXIT trap so it goes away even when the client fails; the recipe's
-# exit status is the client's. The server's log goes to a temp file, shown only
-# when the server fails to come up.
-demo: venv
-	@port='$(PORT)'; \
-	if [ -z "$$port" ]; then \
-	  port=$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("$(HOST)", 0)); print(s.getsockname()[1]); s.close()'); \
-	fi; \
-	log=$$(mktemp "$${TMPDIR:-/tmp}/generic-session-demo.XXXXXX"); \
-	$(PY) server.py --host $(HOST) --port "$$port" --store '$(DEMO_STORE)' >"$$log" 2>&1 & \
+# exit status is the client's. The server's output goes to a temp file: when it
+# exits instead (a busy port, an unusable store) that is its one-line reason,
+# shown as is, and the recipe fails.
+demo: $(DEMO_STAMP)
+	@log=$$(mktemp "$${TMPDIR:-/tmp}/generic-session-demo.XXXXXX"); \
+	$(PY) server.py --host $(HOST) --port '$(or $(PORT),0)' --store '$(DEMO_STORE)' >"$$log" 2>&1 & \
 	pid=$$!; \
 	trap 'kill "$$pid" 2>/dev/null || true; wait "$$pid" 2>/dev/null || true; rm -f "$$log"' EXIT; \
 	deadline=$$((SECONDS + $(DEMO_WAIT))); \
-	until (exec 3<>"/dev/tcp/$(HOST)/$$port") 2>/dev/null; do \
+	until port=$$(sed -n 's|^Serving on http://[^ ]*:\([0-9][0-9]*\) .*|\1|p' "$$log") && [ -n "$$port" ]; do \
 	  if ! kill -0 "$$pid" 2>/dev/null; then \
-	    echo "make demo: server.py exited before listening on $(HOST):$$port; its output:" >&2; \
 	    cat "$$log" >&2; exit 1; \
 	  fi; \
 	  if [ "$$SECONDS" -ge "$$deadline" ]; then \
-	    echo "make demo: server.py did not answer on $(HOST):$$port within $(DEMO_WAIT) s; its output:" >&2; \
+	    echo "make demo: server.py did not start serving within $(DEMO_WAIT) s; its output:" >&2; \
 	    cat "$$log" >&2; exit 1; \
 	  fi; \
 	  sleep 0.1; \

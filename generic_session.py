@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) generic-session for Python contributors (https://spdx.org/licenses/MIT.html)
 """Framework-agnostic web sessions with signed cookies and pluggable per-key stores.
 
 A Python port of Node's ``generic-session``, in one file with no dependency beyond
@@ -26,6 +28,17 @@ in ``environ[ENVIRON_KEY]`` (and ``bottle.request.session`` under Bottle).
 
 from __future__ import annotations
 
+import sys
+
+# Before any import or name that Python 3.10 lacks (datetime.UTC): a copied module
+# run by an older Python says what it needs in one line. Plain syntax only, so
+# that the old Python gets this far.
+if sys.version_info < (3, 11):  # noqa: UP036 (the check is for interpreters older than target)
+    raise ImportError(
+        "generic_session needs Python >= 3.11, found %d.%d (%s)"  # noqa: UP031
+        % (sys.version_info[0], sys.version_info[1], sys.executable)
+    )
+
 import base64
 import binascii
 import calendar
@@ -40,7 +53,6 @@ import os
 import re
 import secrets
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence

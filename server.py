@@ -17,8 +17,17 @@ Routes:
 * Anything else (other paths, other methods) answers ``ERROR`` with status 404.
 
 The cookie-signing keys come from the ``SESSION_KEYS`` environment variable
-(comma separated, the first one signs, all of them verify). Without it a random
-key is made at start, so cookies do not survive a restart.
+(comma separated, the first one signs, all of them verify). Without it the
+server signs with a development key, made on the first run in
+``.generic-session-dev-key`` beside this file (``--dev-key-file`` picks another
+path), readable by the user only (mode 0600) and reused on every later run: so
+with a store that keeps its data (``sqlite:PATH``, Redis) sessions survive a
+restart. It says so on stderr, in one line that never shows the key.
+
+It binds its port first, then checks that its store works (one read of a
+session nobody has), then prints ``Serving on http://HOST:PORT (store: ...)``:
+the line a caller waits for. A busy port, an unusable store or an unreadable key
+file ends it with one line on stderr and exit status 1, before that line.
 
 It is served by the standard library's ``wsgiref`` with one thread per request:
 good enough for a demo and the tests, and no extra dependency.
@@ -32,9 +41,11 @@ import os
 import secrets
 import signal
 import socketserver
+import stat
 import sys
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -47,6 +58,12 @@ import generic_session as gs
 WSGIApp = Callable[..., Any]
 
 DEFAULT_REDIS_PORT = 6379
+
+#: Where the development signing key is kept when SESSION_KEYS is not set (git ignores it).
+DEFAULT_DEV_KEY_FILE = Path(__file__).resolve().parent / ".generic-session-dev-key"
+
+#: The session id of the start-up check: a read of a session nobody writes.
+STARTUP_CHECK_ID = "server.py:startup-check"
 
 
 def _session() -> gs.GenericSession:
@@ -173,6 +190,56 @@ def load_keys(environ: Mapping[str, str]) -> list[str]:
     return [key.strip() for key in raw.split(",") if key.strip()]
 
 
+def dev_key(path: Path) -> tuple[str, bool]:
+    """Return the development key kept in *path*, making it first if needed.
+
+    Returns ``(key, created)``. The file is made with mode 0600 under a temporary
+    name and linked into place, so two servers started at once agree on one key
+    and nobody ever reads a half-written file. Raises ``SystemExit`` with a
+    one-line message when the file is unusable, or readable by others.
+    """
+    try:
+        return _read_dev_key(path), False
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise SystemExit(f"server.py: error: cannot read the key file {str(path)!r}: "
+                         f"{exc.strerror}") from None
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            os.fchmod(file.fileno(), 0o600)  # whatever the umask
+            file.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(temporary, path)
+            created = True
+        except FileExistsError:  # another server made it first: use theirs
+            created = False
+        return _read_dev_key(path), created
+    except OSError as exc:
+        raise SystemExit(f"server.py: error: cannot make the key file {str(path)!r}: "
+                         f"{exc.strerror}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _read_dev_key(path: Path) -> str:
+    """Read the key in *path*; SystemExit if others may read it or it holds no key."""
+    with path.open(encoding="ascii") as file:
+        mode = os.fstat(file.fileno()).st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SystemExit(
+                f"server.py: error: the key file {str(path)!r} is readable by others "
+                f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it or delete it for a new key"
+            )
+        key = file.read().strip()
+    if not key:
+        raise SystemExit(f"server.py: error: the key file {str(path)!r} is empty; "
+                         "delete it for a new key")
+    return key
+
+
 class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     """``wsgiref``'s server with one thread per request.
 
@@ -180,6 +247,10 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     """
 
     daemon_threads = True
+    # The listen backlog, as waitress and gunicorn have it (socketserver's is 5:
+    # with 100 clients at once the queue overflowed, SYNs were retransmitted and
+    # p99 latency was 1.9 s). Linux caps it at net.core.somaxconn.
+    request_queue_size = 1024
 
 
 class QuietRequestHandler(WSGIRequestHandler):
@@ -187,6 +258,11 @@ class QuietRequestHandler(WSGIRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Drop the per-request access log line."""
+
+
+def _unset_app(environ: Any, start_response: Any) -> Any:
+    """Placeholder app between binding and ``set_app``; never called (no request is served)."""
+    raise RuntimeError("server.py: the app is not set yet")
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -210,32 +286,62 @@ def build_parser() -> argparse.ArgumentParser:
         default="memory",
         help="memory, sqlite:PATH or redis://HOST:PORT (default: %(default)s)",
     )
+    parser.add_argument(
+        "--dev-key-file",
+        type=Path,
+        default=DEFAULT_DEV_KEY_FILE,
+        help="where the development signing key is kept when SESSION_KEYS is not set "
+        "(default: .generic-session-dev-key beside server.py)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser
+
+
+def open_store(spec: str) -> gs.Store:
+    """Make the store of *spec* and read one session nobody has, to see that it works.
+
+    Raises ``SystemExit`` with one line when it cannot: a store file in a missing
+    directory, a Redis nobody runs. Better at start than as a 503 on every request.
+    """
+    try:
+        store = make_store(spec)
+        store.get(STARTUP_CHECK_ID, "check", 1)
+    except gs.StoreError as exc:
+        raise SystemExit(f"server.py: error: cannot use --store {spec!r}: {exc}") from None
+    return store
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until Ctrl-C or SIGTERM; return the exit status."""
     args = build_parser().parse_args(argv)
-    store = make_store(args.store)
-
-    keys = load_keys(os.environ)
-    if not keys:
-        keys = [secrets.token_urlsafe(32)]
-        print(
-            "server.py: SESSION_KEYS is not set; using a random signing key, "
-            "so session cookies will not survive a restart",
-            file=sys.stderr,
-        )
-
     handler = WSGIRequestHandler if args.verbose else QuietRequestHandler
-    httpd = make_server(
-        args.host,
-        args.port,
-        make_app(store, keys),
-        server_class=ThreadingWSGIServer,
-        handler_class=handler,
-    )
+    # Bind first: a busy port is the likeliest failure, and then nothing else
+    # (a store file, a key file) has been touched. The app is set just below.
+    try:
+        httpd = make_server(
+            args.host, args.port, _unset_app, server_class=ThreadingWSGIServer,
+            handler_class=handler,
+        )
+    except OSError as exc:
+        raise SystemExit(
+            f"server.py: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        ) from None
+    try:
+        store = open_store(args.store)
+        keys = load_keys(os.environ)
+        if not keys:
+            key, created = dev_key(args.dev_key_file)
+            keys = [key]
+            print(
+                f"server.py: SESSION_KEYS is not set; signing with the development key "
+                f"{'made now in' if created else 'kept in'} {str(args.dev_key_file)!r} "
+                "(set SESSION_KEYS in production)",
+                file=sys.stderr,
+            )
+    except BaseException:
+        httpd.server_close()
+        raise
+    httpd.set_app(make_app(store, keys))
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     # server_port: the real port, useful with --port 0.
     print(

@@ -416,11 +416,16 @@ class ServerProcess:
         store: str | None = None,
         env: Mapping[str, str] | None = None,
         log_path: Path,
+        dev_key_file: Path | None = None,
         start_timeout: float = 15.0,
     ) -> None:
         self.host = LOOPBACK
         self.log_path = log_path
-        command = [sys.executable, "server.py", "--host", self.host, "--port", "0"]
+        # The development key (used without SESSION_KEYS) beside the log by default,
+        # never in the project directory: tests leave nothing behind.
+        self.dev_key_file = dev_key_file or log_path.with_name("dev-key")
+        command = [sys.executable, "server.py", "--host", self.host, "--port", "0",
+                   "--dev-key-file", str(self.dev_key_file)]
         if store is not None:
             command += ["--store", store]
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
-from collections.abc import Callable
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 import server
-from tests.helpers import ServerProcess, closed_port, http_session, run_client
+from tests.helpers import (
+    LOOPBACK,
+    PROJECT_ROOT,
+    ServerProcess,
+    closed_port,
+    http_session,
+    run_client,
+)
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
@@ -137,3 +150,165 @@ def test_server_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 
     assert server_process.stop() == 0
     assert "Traceback" not in server_process.log()
+
+
+# ---------------------------------------------------------------------------
+# Keys across restarts, failures in one line, the listen backlog
+
+
+def run_server_py(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``server.py`` with *args* to its end (it is expected to exit at once)."""
+    return subprocess.run(
+        [sys.executable, "server.py", *args], cwd=PROJECT_ROOT, capture_output=True,
+        text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
+    )
+
+
+@contextlib.contextmanager
+def busy_port() -> Iterator[int]:
+    """Yield a loopback port that another socket is listening on."""
+    with socket.socket() as other:
+        other.bind((LOOPBACK, 0))
+        other.listen()
+        yield other.getsockname()[1]
+
+
+def test_sessions_survive_a_restart_with_a_sqlite_store_and_no_session_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SESSION_KEYS", raising=False)
+    store = f"sqlite:{tmp_path / 'sessions.db'}"
+    first = ServerProcess(store=store, log_path=tmp_path / "first.log")
+    with http_session() as http:  # one cookie jar: cookies are per host, not per port
+        try:
+            assert http.get(f"{first.url}/set/foo/bar", timeout=10).text == '"bar"'
+        finally:
+            assert first.stop() == 0
+
+        second = ServerProcess(store=store, log_path=tmp_path / "second.log")
+        try:
+            fetched = http.get(f"{second.url}/get/foo", timeout=10)
+        finally:
+            second.stop()
+
+    assert (fetched.status_code, fetched.text) == (200, '"bar"')
+    key_file = tmp_path / "dev-key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = key_file.read_text().strip()
+    made, kept = first.log(), second.log()
+    assert f"development key made now in {str(key_file)!r}" in made
+    assert f"development key kept in {str(key_file)!r}" in kept
+    assert key not in made + kept  # said, never shown
+    assert len([line for line in made.splitlines() if "SESSION_KEYS" in line]) == 1
+
+
+def test_session_keys_override_the_development_key(
+    run_server: Callable[..., str], tmp_path: Path,
+) -> None:
+    run_server(env={"SESSION_KEYS": "k1,k2"})
+
+    assert not (tmp_path / "dev-key").exists()
+    assert "SESSION_KEYS" not in (tmp_path / "server-0.log").read_text()
+
+
+def test_a_development_key_file_others_can_read_is_refused_in_one_line(tmp_path: Path) -> None:
+    key_file = tmp_path / "dev-key"
+    key_file.write_text("a key\n")
+    key_file.chmod(0o644)
+    env_without_keys = {k: v for k, v in os.environ.items() if k != "SESSION_KEYS"}
+
+    result = subprocess.run(
+        [sys.executable, "server.py", "--port", "0", "--dev-key-file", str(key_file)],
+        cwd=PROJECT_ROOT, env=env_without_keys, capture_output=True, text=True, timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"server.py: error: the key file {str(key_file)!r} is readable by others (mode 0644); "
+        "chmod 600 it or delete it for a new key\n"
+    )
+
+
+def test_a_busy_port_ends_the_server_with_one_line_and_status_1(tmp_path: Path) -> None:
+    with busy_port() as port:
+        result = run_server_py("--host", LOOPBACK, "--port", str(port),
+                               "--dev-key-file", str(tmp_path / "dev-key"))
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"server.py: error: cannot listen on {LOOPBACK}:{port}: Address already in use\n"
+    )
+    assert not (tmp_path / "dev-key").exists()  # it bound first, before touching anything
+
+
+def test_an_unusable_store_path_ends_the_server_with_one_line_and_status_1(
+    tmp_path: Path,
+) -> None:
+    result = run_server_py("--port", "0", "--store", "sqlite:/nonexistent/x.db",
+                           "--dev-key-file", str(tmp_path / "dev-key"))
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        "server.py: error: cannot use --store 'sqlite:/nonexistent/x.db': SQLiteStore at "
+        "'/nonexistent/x.db': open failed: unable to open database file\n"
+    )
+
+
+def make_demo(*variables: str) -> subprocess.CompletedProcess[str]:
+    """Run ``make demo`` in the project; skip when its venv is not installed and current."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    current = subprocess.run(["make", "-q", ".venv/.installed-demo"], cwd=PROJECT_ROOT,
+                             capture_output=True, check=False)
+    if current.returncode != 0:
+        pytest.skip("the demo's venv is not installed or not current: run `make demo` once")
+    # SESSION_KEYS set: the demo would otherwise keep its development key in the project.
+    return subprocess.run(
+        ["make", "--no-print-directory", "demo", *variables], cwd=PROJECT_ROOT,
+        env={**os.environ, "SESSION_KEYS": "a test key"},
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False,
+    )
+
+
+def test_make_demo_runs_the_client_against_the_server() -> None:
+    result = make_demo()
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("Set foo = bar\nFetched foo = bar\n")
+
+
+def test_make_demo_on_a_busy_port_shows_the_servers_line_and_fails() -> None:
+    with busy_port() as port:
+        result = make_demo(f"PORT={port}")
+
+    assert result.returncode != 0
+    assert "Set foo" not in result.stdout  # the client never talked to the other listener
+    line = f"server.py: error: cannot listen on {LOOPBACK}:{port}: Address already in use"
+    assert result.stderr.splitlines()[0] == line
+
+
+def test_make_demo_with_an_unusable_store_shows_the_servers_line_and_fails() -> None:
+    result = make_demo("DEMO_STORE=sqlite:/nonexistent/x.db")
+
+    assert result.returncode != 0
+    assert result.stderr.splitlines()[0].startswith(
+        "server.py: error: cannot use --store 'sqlite:/nonexistent/x.db': "
+    )
+
+
+def test_the_listening_socket_has_a_backlog_of_1024(run_server: Callable[..., str]) -> None:
+    if shutil.which("ss") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("ss not installed: apt-get install iproute2")
+        pytest.skip("ss not installed: apt-get install iproute2")
+    port = _port(run_server())
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+
+    listing = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout.split()
+
+    # State, Recv-Q, Send-Q (for a listening socket: its backlog), local address, peer.
+    assert listing[0] == "LISTEN" and listing[3] == f"{LOOPBACK}:{port}", listing
+    assert int(listing[2]) == min(server.ThreadingWSGIServer.request_queue_size, somaxconn)
+    assert server.ThreadingWSGIServer.request_queue_size == 1024

@@ -2,8 +2,13 @@
 
 A ``python`` block followed directly by a ``text`` block must print that text (HTTP
 dates, which change every run, are compared by shape).  ``py`` blocks are
-illustrations that need things the tests do not have (Flask, a Redis host): they
-must at least compile.
+illustrations that need things the tests do not have (a Redis host): they must at
+least compile.
+
+A block right after a ``<!-- recipe: NAME -->`` line is a recipe: a file a reader
+starts from (a Flask app, a Django ``wsgi.py``, a gunicorn command). It is not part
+of the in-order run; ``tests/test_readme_recipes.py`` runs each one's text, as the
+README has it, against the real framework.
 """
 
 from __future__ import annotations
@@ -21,9 +26,24 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 HTTP_DATE = re.compile(r"\w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT")
 
 
+RECIPE = re.compile(r"^<!-- recipe: ([\w-]+) -->\n```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def recipes() -> dict[str, tuple[str, str]]:
+    """{name: (language, code)} of every recipe block of the README."""
+    found: dict[str, tuple[str, str]] = {}
+    for match in RECIPE.finditer(README.read_text("utf-8")):
+        assert match[1] not in found, f"two recipes named {match[1]!r}"
+        found[match[1]] = (match[2], match[3])
+    return found
+
+
 def blocks() -> list[tuple[str, str]]:
-    """(language, code) of every fenced block of the README, in order."""
-    return [(match[1], match[2]) for match in FENCE.finditer(README.read_text("utf-8"))]
+    """(language, code) of every fenced block of the README but the recipes, in order."""
+    text = README.read_text("utf-8")
+    recipe_spans = {match.span(3) for match in RECIPE.finditer(text)}
+    return [(match[1], match[2]) for match in FENCE.finditer(text)
+            if match.span(2) not in recipe_spans]
 
 
 def normalised(text: str) -> str:
