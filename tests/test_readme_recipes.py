@@ -27,6 +27,7 @@ from wsgiref.simple_server import make_server
 import pytest
 
 import server
+from generic_session import SQLiteStore
 from tests.helpers import (
     LOOPBACK,
     POLL_INTERVAL,
@@ -102,20 +103,22 @@ def assert_sets_then_fetches(url: str) -> None:
     assert "s.sig" in stored.headers["Set-Cookie"]  # signed with the keys from the environment
 
 
-def break_the_store(project: Path) -> None:
-    """Take the SQLite file's directory away: each new request thread fails to open it."""
+def break_the_store(store: SQLiteStore, project: Path) -> None:
+    """Take the SQLite file's directory away and close the store's pooled connections:
+    the next operation must open a connection, and fails to."""
     shutil.rmtree(project)
+    store.close()
 
 
 def test_the_flask_recipe_keeps_a_session_over_http_and_answers_503_without_its_store(
     project: Path,
 ) -> None:
     pytest.importorskip("flask")
-    app = run_recipe("flask")["app"]
+    namespace = run_recipe("flask")
 
-    with serve(app) as url:
+    with serve(namespace["app"]) as url:
         assert_sets_then_fetches(url)
-        break_the_store(project)
+        break_the_store(namespace["store"], project)
         with http_session() as http:
             down = http.get(f"{url}/get/foo", timeout=10)
 
@@ -135,11 +138,11 @@ def test_the_falcon_recipe_keeps_a_session_over_http_and_answers_503_without_its
     project: Path,
 ) -> None:
     pytest.importorskip("falcon")
-    app = run_recipe("falcon")["app"]
+    namespace = run_recipe("falcon")
 
-    with serve(app) as url:
+    with serve(namespace["app"]) as url:
         assert_sets_then_fetches(url)
-        break_the_store(project)
+        break_the_store(namespace["store"], project)
         with http_session() as http:
             down = http.get(f"{url}/get/foo", timeout=10)
 
