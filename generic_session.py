@@ -69,14 +69,17 @@ __all__ = [
     "Environ",
     "GenericSession",
     "Keygrip",
+    "LifecycleStore",
     "MemoryStore",
     "RedisStore",
     "SQLiteStore",
+    "SessionEnded",
     "SessionError",
     "SessionId",
     "SessionOptions",
     "Store",
     "StoreError",
+    "UnknownSession",
     "WSGIApp",
     "check_store",
     "decode_json",
@@ -123,6 +126,20 @@ class StoreError(SessionError):
     a session id or a stored value.  Nothing was half-written: the operation
     either happened whole or not at all.
     """
+
+
+class UnknownSession(SessionError):
+    """Raised by a store's *live* operation when the session is not a live one: it was
+    never made by ``create``, or it expired, passed its deadline or was deleted.  The
+    store changed nothing.  The session turns it into a fresh session or
+    :class:`SessionEnded`; an app never sees it."""
+
+
+class SessionEnded(SessionError):
+    """Raised when a request writes to a session that ended while the request ran: another
+    request destroyed or regenerated it, or it expired.  The data is not written anywhere:
+    writing it to a fresh session would log the user back in.  Escaping the middleware,
+    it becomes a short 400 response that sets no cookie."""
 
 
 #: The longest expiry: 400 days, where browsers cap a cookie's lifetime (RFC 6265bis).
@@ -660,6 +677,68 @@ class Store(Protocol):
 
 #: The Store API's methods, which a store must have.
 _STORE_METHODS = ("get", "get_all", "set", "delete", "delete_all", "extend")
+
+
+@runtime_checkable
+class LifecycleStore(Store, Protocol):
+    """The optional operations that let a store keep the session lifecycle itself.
+
+    A *live* session is one made by :meth:`create` that has not expired (idle for
+    ``expire`` seconds, or past its deadline) nor been deleted; data written by the
+    plain Node operations alone does not make a session live.  With ``live=True``
+    an operation acts only on a live session, renewing its idle expiry (never past
+    its deadline), and otherwise raises :class:`UnknownSession` and changes nothing;
+    with ``live=False`` (the default) it is the plain Node operation.  Each is one
+    atomic operation, in the same round trips as the plain one.  The lifecycle's
+    own data (liveness, deadline) is invisible to ``get`` and ``get_all``.  Every
+    shipped store has these; a store with the six operations only still works,
+    with the fallbacks the README describes.
+    """
+
+    def create(self, id: SessionId, expire: float, lifetime: float | None = None) -> None:
+        """Make ``id`` a live session with no data: it expires after ``expire`` idle
+        seconds, and (unless ``lifetime`` is None) ``lifetime`` seconds from now at the
+        latest, however active it is.  Whatever ``id`` held before is gone."""
+
+    def get(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> Any:
+        """:meth:`Store.get`; with ``live``, only on a live session."""
+
+    def get_all(self, id: SessionId, expire: float, *, live: bool = False) -> dict[str, Any]:
+        """:meth:`Store.get_all`; with ``live``, only on a live session."""
+
+    def set(self, id: SessionId, key: str, value: Any, expire: float, *,
+            live: bool = False) -> None:
+        """:meth:`Store.set`; with ``live``, only on a live session."""
+
+    def delete(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> None:
+        """:meth:`Store.delete`; with ``live``, only on a live session."""
+
+    def extend(self, id: SessionId, expire: float, *, live: bool = False) -> None:
+        """:meth:`Store.extend`; with ``live``, only on a live session."""
+
+    def incr(self, id: SessionId, key: str, amount: int, expire: float, *,
+             live: bool = False) -> int:
+        """Add ``amount`` to the integer under ``key`` (a missing key counts as 0) in one
+        atomic operation and return the sum.
+
+        :raises TypeError: when ``key`` holds a value that is not an integer, naming
+            the key (and never the value); nothing changes.
+        :raises ValueError: when the sum leaves the signed 64-bit range (Redis'), naming
+            the key; nothing changes.
+        """
+
+    def rename(self, id: SessionId, new_id: SessionId, expire: float) -> float | None:
+        """Move the live session ``id``, its data and its deadline, to ``new_id`` (live
+        from now on, its idle expiry renewed), and end ``id``; return the seconds left
+        before the deadline, or None when it has none.  No other operation sees the
+        session half-moved.
+
+        :raises UnknownSession: when ``id`` is not live; nothing changes.
+        """
+
+
+#: The lifecycle operations beyond the Store API's six.
+_LIFECYCLE_METHODS = ("create", "incr", "rename")
 
 # Made once: ``json.dumps`` with options builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
