@@ -24,6 +24,27 @@ True
 
 In a WSGI app, ``middleware(store, keys=...)(app)`` gives every request a session
 in ``environ[ENVIRON_KEY]`` (and ``bottle.request.session`` under Bottle).
+
+How to read this file: sections 1-6 follow one request and teach how a session
+works; sections 7 and 8 are reference, for when you pick or write a store.
+
+1. Types, errors and option checks    5. Sessions (the core: no WSGI in it)
+2. Signing (Keygrip)                  6. WSGI and Bottle integration
+3. Cookies                            7. Shipped stores: Memory, SQLite, Redis
+4. The Store API                      8. Appendix: check_store, the contract
+
+One request, as the middleware sees it::
+
+    Cookie: s=<token>; s.sig=<hmac>            Set-Cookie: s=<token>; s.sig=<hmac>
+            |                                                ^
+            v                                                |
+    Cookies: parse the header -> Keygrip: verify      Cookies: sign, send_prepared
+            |                                                ^
+            v                                                |
+    GenericSession: token verified, or a new one minted ------+
+            |            (only once the app first uses the session)
+            v
+    Store: get / set / delete of one key, one atomic operation each
 """
 
 from __future__ import annotations
@@ -91,7 +112,7 @@ __version__ = "0.1.0"
 
 
 # ============================================================================
-# Types, errors and option checks
+# 1. Types, errors and option checks
 # ============================================================================
 #
 # The names the signatures use, the errors the module raises at run time, and
@@ -267,7 +288,7 @@ def _html_table(title: str, rows: Iterable[tuple[str, Any]]) -> str:
 
 
 # ============================================================================
-# Signing (Keygrip)
+# 2. Signing (Keygrip)
 # ============================================================================
 #
 # A signed cookie is a pair: ``s=<token>`` and ``s.sig=<signature>``, where the
@@ -364,7 +385,7 @@ class Keygrip:
 
 
 # ============================================================================
-# Cookies
+# 3. Cookies
 # ============================================================================
 #
 # Reading the ``Cookie`` request header and writing ``Set-Cookie`` response
@@ -641,7 +662,7 @@ class Cookies:
 
 
 # ============================================================================
-# The Store API
+# 4. The Store API
 # ============================================================================
 #
 # A store keeps each session's data as a map of key -> JSON value.  Every
@@ -782,7 +803,7 @@ def decode_json(text: str | bytes) -> Any:
 
 
 # ============================================================================
-# Sessions
+# 5. Sessions
 # ============================================================================
 #
 # A session is a token in a cookie and the data a store keeps under
@@ -1189,7 +1210,7 @@ class GenericSession:
 
 
 # ============================================================================
-# WSGI and Bottle integration
+# 6. WSGI and Bottle integration
 # ============================================================================
 #
 # ``middleware(store, **options)(app)`` wraps a WSGI app: a thin adapter that
