@@ -830,8 +830,15 @@ class SessionOptions:
     :param keys: secret keys (newest first) or a :class:`Keygrip`: sign the cookie.
     :param expire: seconds of inactivity before the session ends (two weeks; at
         most 400 days, the longest a browser keeps a cookie).
+    :param max_lifetime: seconds after it was issued at which the session ends
+        however active it is, enforced by the store; None (the default): no limit.
+    :param strict: adopt only tokens the store holds as live sessions (the
+        default); ``False`` adopts any well-formed token, as Node does.
+    :param persistent: send the cookie with an ``Expires`` (the default); ``False``
+        sends a browser-session cookie (the server's limits still apply).
     :param cookie_name: the cookie's name (``s``; the signature goes in ``s.sig``).
     :param id_prefix: put before the token to make the store's id (``session:``).
+    :param path: the cookie's Path (``'/'``).
     :param secure: ``None`` sets Secure when the request came over HTTPS.
     :param samesite: ``'Lax'`` (default), ``'Strict'``, ``'None'``, or None to omit it.
     :param domain: the cookie's Domain (ASCII: the IDNA form of a name), or None
@@ -843,8 +850,12 @@ class SessionOptions:
 
     keys: Keygrip | Sequence[str | bytes] | None = field(default=None, repr=False)  # secret
     expire: float = TWO_WEEKS
+    max_lifetime: float | None = None
+    strict: bool = True
+    persistent: bool = True
     cookie_name: str = "s"
     id_prefix: str = "session:"
+    path: str = "/"
     secure: bool | None = None
     samesite: str | None = "Lax"
     domain: str | None = None
@@ -852,14 +863,22 @@ class SessionOptions:
     #: The :class:`Keygrip` made from ``keys`` (None: unsigned cookies).
     keygrip: Keygrip | None = field(init=False)  # its repr shows no key
     # (expires, secure, attributes): the cookie's attributes, made once a second.
-    _attributes: list[tuple[int, bool, str]] = field(init=False, repr=False)
+    _attributes: list[tuple[int | None, bool, str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         keys = self.keys
         keygrip = keys if keys is None or isinstance(keys, Keygrip) else Keygrip(keys)
         _check_expire(self.expire)
+        _check_flag(self.strict, "strict")
+        _check_flag(self.persistent, "persistent")
+        if self.max_lifetime is not None:
+            _check_expire(self.max_lifetime, "max_lifetime")
+            if not self.strict:
+                raise ValueError("max_lifetime needs strict=True: the store enforces it on "
+                                 "the sessions it issued, and strict=False adopts any token")
         name = _check_cookie_name(self.cookie_name)
         _check_str(self.id_prefix, "id_prefix", "'' for the bare token")
+        path = _check_path(self.path)
         samesite = _check_samesite(self.samesite)
         if self.secure is not None:
             _check_flag(self.secure, "secure", "True, False or None (automatic)")
@@ -869,9 +888,9 @@ class SessionOptions:
         if self.secure is False and (prefixed or samesite == "none"):
             why = "a __Host-/__Secure- cookie_name" if prefixed else "samesite='None'"
             raise ValueError(f"secure=False is not allowed with {why}: browsers drop such cookies")
-        if name.lower().startswith("__host-") and domain is not None:
-            raise ValueError(f"domain must be None for cookie_name {name!r}: __Host- "
-                             "cookies are bound to the host that set them")
+        if name.lower().startswith("__host-") and (domain is not None or path != "/"):
+            raise ValueError(f"domain must be None and path '/' for cookie_name {name!r}: "
+                             "__Host- cookies are bound to the host that set them")
         if not callable(self.clock):
             raise TypeError(f"clock must be a function returning epoch seconds, got "
                             f"{type(self.clock).__name__} {self.clock!r}")
@@ -881,18 +900,35 @@ class SessionOptions:
         setattr_(self, "secure", True if prefixed or samesite == "none" else self.secure)
         setattr_(self, "_attributes", [(-1, False, "")])
 
-    def attributes(self, secure: bool) -> str:
-        """The session cookie's attributes, ``'; path=/; expires=...; ...; httponly'``,
-        with an expiry ``expire`` from now."""
-        expires = int(self.clock() + self.expire)
+    def attributes(self, secure: bool, deadline: float | None = None) -> str:
+        """The session cookie's attributes, ``'; path=/; expires=...; ...; httponly'``.
+
+        ``expires`` is ``expire`` from now, or ``deadline`` (epoch seconds, the
+        session's absolute end) when there is one; none for a cookie that is not
+        ``persistent``.
+        """
+        if not self.persistent:
+            expires: int | None = None
+        elif deadline is not None:
+            expires = int(deadline)
+        else:
+            expires = int(self.clock() + self.expire)
         cache = self._attributes
         made = cache[0]
         if made[0] == expires and made[1] is secure:
             return made[2]
-        text = _attribute_suffix("/", _http_date(expires), self.domain,
-                                 _check_samesite(self.samesite), secure, True)
-        cache[0] = (expires, secure, text)  # one tuple, swapped whole: safe across threads
+        text = _attribute_suffix(self.path, None if expires is None else _http_date(expires),
+                                 self.domain, _check_samesite(self.samesite), secure, True)
+        # Made once a second rather than per request: saves ~1.9 us a request
+        # (bench/overhead.py).  One tuple, swapped whole: safe across threads.
+        cache[0] = (expires, secure, text)
         return text
+
+    @property
+    def sliding(self) -> bool:
+        """Whether every request that uses the session re-sends its cookie, with an
+        ``Expires`` moved ``expire`` ahead (a persistent cookie with no deadline)."""
+        return self.persistent and self.max_lifetime is None
 
     def check_store(self, store: object) -> None:
         """Refuse a store that cannot keep these sessions.
@@ -910,6 +946,12 @@ class SessionOptions:
                              "raise max_age or lower expire")
 
 
+# The reserved key under which a session keeps, in a store with the six Node
+# operations only, the mark that it issued the session (and its deadline).  The
+# lifecycle stores keep that apart from the data; users cannot set this key.
+_ISSUED_KEY = "\x00generic_session"
+
+
 def _check_key(key: Any) -> str:
     if not isinstance(key, str):
         raise TypeError(f"session key must be a str, got {type(key).__name__}: {key!r}")
@@ -919,6 +961,8 @@ def _check_key(key: Any) -> str:
         except UnicodeEncodeError:
             raise TypeError(f"session key {key!r} is not valid Unicode text "
                             "(it holds a lone surrogate)") from None
+    elif key == _ISSUED_KEY:
+        raise ValueError(f"session key {key!r} is reserved for the session's own use")
     return key
 
 
@@ -934,6 +978,25 @@ def _call_back(callback: Callback, operation: Callable[..., Any], *args: Any) ->
     return result
 
 
+_LIFECYCLE_TYPES: dict[type, bool] = {}
+
+
+def _has_lifecycle(store: object) -> bool:
+    """Whether ``store`` has the optional lifecycle operations (cached by its type)."""
+    kind = type(store)
+    known = _LIFECYCLE_TYPES.get(kind)
+    if known is None:
+        known = all(callable(getattr(store, name, None)) for name in _LIFECYCLE_METHODS)
+        _LIFECYCLE_TYPES[kind] = known
+    return known
+
+
+# The states of a session within one request.  A *candidate* is the token of the
+# request's cookie, well formed and signed, that the store has not confirmed yet:
+# the first store operation does (in the same round trip, with a lifecycle store).
+_UNSTARTED, _CANDIDATE, _LIVE, _ENDED = "unstarted", "candidate", "live", "ended"
+
+
 class GenericSession:
     """The session of one request: a token in a cookie, its data in a store.
 
@@ -942,17 +1005,19 @@ class GenericSession:
     :param store: any object with the Store API (:class:`Store`).
     :param cookies: a :class:`Cookies` to use instead of making one; its keys (if any)
         sign the session, so ``keys`` must not be given too.
-    :param keys, expire, cookie_name, id_prefix, secure, samesite, domain, clock:
-        the options, as :class:`SessionOptions` describes them.
+    :param keys, expire, max_lifetime, strict, persistent, cookie_name, id_prefix, path,
+        secure, samesite, domain, clock: the options, as :class:`SessionOptions`
+        describes them.
     :raises TypeError: for an option of the wrong type, naming it.
     :raises ValueError: for a bad option value, naming it.
 
-    Made directly, the session reads or mints its token and sends the cookie at
-    once, as Node's does (it adds no ``Vary: Cookie``: add it to your response,
-    as the middleware does).  A middleware makes each request's session with
-    :meth:`lazy` instead.  Every method renews the expiry in the store, and also
-    takes a keyword-only ``callback(error, result)`` for code ported from Node;
-    with it, errors go to the callback instead of being raised.
+    Made directly, the session reads its token (checking with the store that it
+    is live) or issues one, and sends the cookie at once, as Node's does (it adds
+    no ``Vary: Cookie``: add it to your response, as the middleware does).  A
+    middleware makes each request's session with :meth:`lazy` instead.  Every
+    method renews the expiry in the store, and also takes a keyword-only
+    ``callback(error, result)`` for code ported from Node; with it, errors go to
+    the callback instead of being raised.
 
     A session is also a mapping, each operation the one store operation it
     names: ``session["k"]`` (``KeyError`` when absent), ``session["k"] = v``,
@@ -960,8 +1025,8 @@ class GenericSession:
     whole session (``get_all``).
     """
 
-    __slots__ = ("_cookies", "_https", "_id", "_lock", "_signature", "_token", "options",
-                 "store")
+    __slots__ = ("_cookies", "_deadline", "_https", "_id", "_lifecycle", "_lock", "_resend",
+                 "_signature", "_state", "_token", "options", "store")
 
     def __init__(
         self,
@@ -972,8 +1037,12 @@ class GenericSession:
         cookies: Cookies | None = None,
         keys: Keygrip | Sequence[str | bytes] | None = None,
         expire: float = TWO_WEEKS,
+        max_lifetime: float | None = None,
+        strict: bool = True,
+        persistent: bool = True,
         cookie_name: str = "s",
         id_prefix: str = "session:",
+        path: str = "/",
         secure: bool | None = None,
         samesite: str | None = "Lax",
         domain: str | None = None,
@@ -984,15 +1053,16 @@ class GenericSession:
                 raise ValueError("keys and cookies are given together: the cookies' own keys "
                                  "sign and verify, so make it Cookies(request, response, keys)")
             keys = cookies.keys  # the session is signed exactly when its cookies are
-        options = SessionOptions(keys=keys, expire=expire, cookie_name=cookie_name,
-                                 id_prefix=id_prefix, secure=secure, samesite=samesite,
-                                 domain=domain, clock=clock)
+        options = SessionOptions(keys=keys, expire=expire, max_lifetime=max_lifetime,
+                                 strict=strict, persistent=persistent, cookie_name=cookie_name,
+                                 id_prefix=id_prefix, path=path, secure=secure,
+                                 samesite=samesite, domain=domain, clock=clock)
         options.check_store(store)
         if cookies is None:
             cookies = Cookies(request, response, options.keygrip)
         https = _environ_of(request).get("wsgi.url_scheme") == "https"
         self._bind(store, options, cookies, lambda: https)
-        self._start()
+        self._confirm()
 
     @classmethod
     def lazy(cls, store: Store, options: SessionOptions, cookies: Cookies, *,
@@ -1016,48 +1086,180 @@ class GenericSession:
         self.options = options
         self._cookies = cookies
         self._https = https
+        self._lifecycle = options.strict and _has_lifecycle(store)
+        self._state = _UNSTARTED
         self._token: str | None = None
         self._id = ""
+        self._signature: str | None = None
+        self._resend = False
+        self._deadline: float | None = None
         # Two threads of one request may touch a new session at once: one token only.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+
+    # -- starting: the cookie's token, or a new one ----------------------------------------
 
     def _start(self) -> None:
-        """Read the token (or mint one) and (re)send the cookie with the sliding expiry."""
+        """Read the cookie's token as a candidate (strict), adopt it (Node's way), or
+        issue a new session when the cookie holds none."""
         with self._lock:
-            if self._token is None:
-                self._issue(*self._read_token())
+            if self._state is not _UNSTARTED:
+                return
+            token, signature = self._read_token()
+            if token is None:
+                self._issue()
+                return
+            self._token, self._id = token, self.options.id_prefix + token
+            self._signature = signature
+            # A cookie signed by an older key is re-signed; a sliding one re-sent.
+            self._resend = self.options.sliding or (
+                self.options.keygrip is not None and signature is None)
+            if self.options.strict:
+                self._state = _CANDIDATE
+            else:
+                self._live_now()
 
-    def _read_token(self) -> tuple[str, str | None]:
-        """The cookie's token and, when ``keys[0]`` made it, its signature; or a new token
-        when the cookie is missing, malformed or badly signed."""
+    def _read_token(self) -> tuple[str | None, str | None]:
+        """The cookie's token and, when ``keys[0]`` made it, its signature; None when the
+        cookie is missing, malformed or badly signed."""
         options = self.options
         cookies = self._cookies
         token = cookies.get(options.cookie_name, signed=False)
         # The shape first: a forged 250 kB cookie must not cost an HMAC per key.
         if token is None or not _TOKEN.fullmatch(token):
-            return _new_token(), None
+            return None, None
         if options.keygrip is None:
             return token, None
         _, signature, index = cookies.read_signed(options.cookie_name)
         if index < 0:
-            return _new_token(), None
+            return None, None
         # Re-sending the cookie needs its signature by keys[0]: reuse the one just
-        # verified rather than compute the same HMAC again (bench: ~1 us a request).
+        # verified rather than compute the same HMAC again (bench: ~1.6 us a request).
         return token, signature if index == 0 else None
 
-    def _issue(self, token: str, signature: str | None = None) -> None:
-        """Take ``token`` as the session's and send its cookie with the sliding expiry."""
+    def _send_cookie(self, token: str, signature: str | None = None) -> None:
         options = self.options
-        self._cookies.send_prepared(options.cookie_name, token, options.attributes(self._secure()),
-                                    signed=options.keygrip is not None, signature=signature)
-        # Only now: a session whose cookie could not be sent must not store anything.
-        self._token = token
-        self._id = options.id_prefix + token
+        self._cookies.send_prepared(
+            options.cookie_name, token, options.attributes(self._secure(), self._deadline),
+            signed=options.keygrip is not None, signature=signature)
+
+    def _issue(self) -> None:
+        """Start a new session: a new token, its cookie sent, the store told (strict)."""
+        options = self.options
+        token = _new_token()
+        id = options.id_prefix + token
+        deadline = None if options.max_lifetime is None else options.clock() + options.max_lifetime
+        self._deadline = deadline
+        # The cookie first: a session whose cookie cannot be sent stores nothing.
+        self._send_cookie(token)
+        if self._lifecycle:
+            self.store.create(id, options.expire, options.max_lifetime)  # type: ignore[attr-defined]
+        elif options.strict:  # six operations only: a mark that we issued it
+            self.store.set(id, _ISSUED_KEY, {"deadline": deadline}, options.expire)
+        self._token, self._id, self._signature = token, id, None
+        self._resend = False
+        self._state = _LIVE
+
+    def _live_now(self) -> None:
+        """The candidate is live: (re)send its cookie where needed."""
+        self._state = _LIVE
+        if self._resend:
+            self._resend = False
+            self._send_cookie(self._token, self._signature)  # type: ignore[arg-type]
+
+    def _confirm(self) -> None:
+        """Make sure the session is live: ask the store about a candidate (one read)."""
+        if self._state is _UNSTARTED:
+            self._start()
+        if self._state is not _CANDIDATE:
+            return
+        with self._lock:
+            if self._state is not _CANDIDATE:
+                return
+            if self._lifecycle:
+                try:
+                    self.store.extend(self._id, self.options.expire,  # type: ignore[call-arg]
+                                      live=True)
+                except UnknownSession:
+                    self._issue()
+                    return
+            elif not self._issued_here():
+                self._issue()
+                return
+            self._live_now()
+
+    def _issued_here(self) -> bool:
+        """For a store with the six operations only: whether the candidate carries our
+        issue mark and has not passed its deadline (the fallback's one extra read)."""
+        mark = self.store.get(self._id, _ISSUED_KEY, self.options.expire)
+        if not isinstance(mark, dict):
+            return False
+        deadline = mark.get("deadline")
+        if isinstance(deadline, int | float):
+            if self.options.clock() >= deadline:
+                self.store.delete_all(self._id)
+                return False
+            self._deadline = float(deadline)
+        return True
 
     def _secure(self) -> bool:
         """Whether the cookie is Secure: as configured, or when the request came over HTTPS."""
         secure = self.options.secure
         return self._https() if secure is None else secure
+
+    # -- every store operation goes through here ---------------------------------------------
+
+    def _run(self, name: str, args: tuple[Any, ...], write: bool) -> Any:
+        """``store.<name>(id, *args, expire)`` under the lifecycle rules.
+
+        On a candidate the operation also confirms it (a lifecycle store answers
+        :class:`UnknownSession` for a token it does not hold live: then a new
+        session is issued, empty).  On a session that ended while the request ran
+        a write raises :class:`SessionEnded`, a read finds nothing.
+        """
+        state = self._state
+        if state is _UNSTARTED:
+            self._start()
+            state = self._state
+        expire = self.options.expire
+        if not self._lifecycle:
+            if state is _CANDIDATE:
+                self._confirm()
+            elif state is _ENDED:
+                return self._ended(name, write)
+            result = getattr(self.store, name)(self._id, *args, expire)
+            if name == "get_all" and self.options.strict:
+                result.pop(_ISSUED_KEY, None)
+            return result
+        operation = getattr(self.store, name)
+        if state is _LIVE:
+            try:
+                return operation(self._id, *args, expire, live=True)
+            except UnknownSession:
+                self._state = _ENDED  # destroyed, regenerated or expired meanwhile
+                return self._ended(name, write)
+        if state is _ENDED:
+            return self._ended(name, write)
+        with self._lock:  # a candidate: this operation tells whether the store has it
+            if self._state is not _CANDIDATE:
+                return self._run(name, args, write)
+            try:
+                result = operation(self._id, *args, expire, live=True)
+            except UnknownSession:
+                self._issue()
+                if not write:
+                    return {} if name == "get_all" else None
+                return operation(self._id, *args, expire, live=True)
+            self._live_now()
+            return result
+
+    def _ended(self, name: str, write: bool) -> Any:
+        if write:
+            raise SessionEnded(
+                f"session.{name} refused: the session ended while this request ran (another "
+                "request destroyed or regenerated it, or it expired); nothing was written")
+        return {} if name == "get_all" else None
+
+    # -- attributes ---------------------------------------------------------------------------
 
     @property
     def cookies(self) -> Cookies:
@@ -1066,16 +1268,16 @@ class GenericSession:
 
     @property
     def token(self) -> str:
-        """The random token in the cookie (40 characters)."""
-        if self._token is None:
-            self._start()
-        return self._token  # type: ignore[return-value]  # _start set it
+        """The random token in the cookie (40 characters); reading it starts the session."""
+        if self._state is not _LIVE:
+            self._confirm()
+        return self._token  # type: ignore[return-value]  # _confirm set it
 
     @property
     def id(self) -> SessionId:
         """The id the store knows the session by: ``id_prefix + token``."""
-        if self._token is None:
-            self._start()
+        if self._state is not _LIVE:
+            self._confirm()
         return self._id
 
     @property
@@ -1085,128 +1287,236 @@ class GenericSession:
 
     @property
     def started(self) -> bool:
-        """True once the session has read its token and sent its cookie."""
-        return self._token is not None
+        """True once the app has used the session: it has read its token or issued one."""
+        return self._state is not _UNSTARTED
+
+    @property
+    def ended(self) -> bool:
+        """True once the session was destroyed, or found ended by another request."""
+        return self._state is _ENDED
 
     def __repr__(self) -> str:
         if self._token is None:
-            return f"GenericSession(<not started>, expire={self.expire}, store={self.store!r})"
+            return (f"GenericSession(<{self._state}>, expire={self.expire}, "
+                    f"store={self.store!r})")
         short = self.options.id_prefix + _short(self._token)
-        return f"GenericSession(id={short!r}, expire={self.expire}, store={self.store!r})"
+        return (f"GenericSession(id={short!r}, {self._state}, expire={self.expire}, "
+                f"store={self.store!r})")
 
     def _repr_html_(self) -> str:
         options = self.options
         if self._token is None:
-            return _html_table("GenericSession (not started)", [("store", repr(self.store))])
-        attributes = options.attributes(self._secure()).split("; ")[1:]
+            return _html_table(f"GenericSession ({self._state})", [("store", repr(self.store))])
+        attributes = options.attributes(self._secure(), self._deadline).split("; ")[1:]
         attributes = [item for item in attributes if not item.startswith("expires=")]
         try:  # a read, which renews the expiry as every read does
             data: Any = self.store.get_all(self._id, options.expire)
+            data.pop(_ISSUED_KEY, None)
         except Exception as error:  # a notebook should show the failure, not raise it
             data = f"<{type(error).__name__}: {error}>"
+        lifetime = "none" if options.max_lifetime is None else f"{options.max_lifetime} s"
         return _html_table("GenericSession", [
             ("id", options.id_prefix + _short(self._token)),
+            ("state", self._state),
             ("cookie", f"{options.cookie_name}=…; {'; '.join(attributes)}"),
             ("signed", f"yes: {options.cookie_name}.sig" if options.keygrip else "no"),
-            ("expire", f"{options.expire} s (sliding)"),
+            ("expire", f"{options.expire} s (idle)"),
+            ("max_lifetime", lifetime),
             ("store", repr(self.store)),
             ("data", json.dumps(data, ensure_ascii=False) if isinstance(data, dict) else data),
         ])
+
+    # -- the operations ---------------------------------------------------------------------
 
     def get(self, key: str | None = None, *, callback: Callback | None = None) -> Any:
         """Return the value stored under ``key`` (a copy), or None; no key: :meth:`get_all`."""
         if callback is not None:
             return _call_back(callback, self.get, key)
         if key is None:
-            return self.store.get_all(self.id, self.expire)
-        return self.store.get(self.id, _check_key(key), self.expire)
+            return self._run("get_all", (), False)
+        return self._run("get", (_check_key(key),), False)
 
     def get_all(self, *, callback: Callback | None = None) -> dict[str, Any]:
         """Return all the session's data as a new dict."""
         if callback is not None:
             return _call_back(callback, self.get_all)  # type: ignore[no-any-return]
-        return self.store.get_all(self.id, self.expire)
+        return self._run("get_all", (), False)  # type: ignore[no-any-return]
 
     def set(self, key: str, value: Any = None, *, callback: Callback | None = None) -> None:
         """Store ``value`` (JSON-serialisable; None by default) under ``key``.
 
         :raises TypeError: for a value that is not JSON, naming the key; nothing is stored.
+        :raises SessionEnded: when the session ended while this request ran.
         """
         if callback is not None:
             return _call_back(callback, self.set, key, value)  # type: ignore[no-any-return]
-        self.store.set(self.id, _check_key(key), value, self.expire)
+        self._run("set", (_check_key(key), value), True)
+
+    def incr(self, key: str, amount: int = 1, *, callback: Callback | None = None) -> int:
+        """Add ``amount`` to the integer under ``key`` (a missing key counts as 0) in one
+        atomic store operation, and return the sum: concurrent requests lose no count.
+
+        :raises TypeError: when ``key`` holds something else than an integer, or the
+            store has no ``incr`` operation (the six-operation Store API).
+        :raises SessionEnded: when the session ended while this request ran.
+        """
+        if callback is not None:
+            return _call_back(callback, self.incr, key, amount)  # type: ignore[no-any-return]
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise TypeError(f"amount must be an int, got {type(amount).__name__} {amount!r}")
+        if not callable(getattr(self.store, "incr", None)):
+            raise TypeError(f"session.incr needs a store with an incr() operation, and "
+                            f"{type(self.store).__name__} has none (see LifecycleStore)")
+        return self._run("incr", (_check_key(key), amount), True)  # type: ignore[no-any-return]
 
     def delete(self, key: str | None = None, *, callback: Callback | None = None) -> None:
         """Remove ``key``.  Beware: with no key this is :meth:`delete_all`, as in Node."""
         if callback is not None:
             return _call_back(callback, self.delete, key)  # type: ignore[no-any-return]
         if key is None:
-            self.store.delete_all(self.id)
+            self.delete_all()
         else:
-            self.store.delete(self.id, _check_key(key), self.expire)
+            self._run("delete", (_check_key(key),), True)
 
     def delete_all(self, *, callback: Callback | None = None) -> None:
-        """Remove all the session's data; the cookie stays."""
+        """Remove all the session's data.  In strict mode the old id ends, for the other
+        requests of the session too; this one goes on with a fresh session (a new
+        token) if it uses the session again."""
         if callback is not None:
             return _call_back(callback, self.delete_all)  # type: ignore[no-any-return]
-        self.store.delete_all(self.id)
+        if self._state is not _ENDED:
+            self.store.delete_all(self.id)
+            if self.options.strict:
+                # The id is no longer live: other requests of the session find it ended,
+                # while this one, which asked for it, goes on with a fresh session at its
+                # next operation (as the next request would).
+                self._state = _CANDIDATE
 
     def destroy(self, *, callback: Callback | None = None) -> None:
-        """Remove all the data and expire the cookie (and its signature) on the client.
-
-        The session keeps its id: a write after this, in the same request, goes
-        to a session whose cookie was cleared (use :meth:`regenerate` to go on).
+        """End the session: its data removed from the store and its cookie (and signature)
+        expired on the client.  Logout: the old token is dead for good, also for the
+        requests of the same session still in flight (their writes raise
+        :class:`SessionEnded`).  To go on with a fresh session in the same request,
+        call :meth:`regenerate` ``(keep_data=False)`` instead.
         """
         if callback is not None:
             return _call_back(callback, self.destroy)  # type: ignore[no-any-return]
+        with self._lock:
+            if self._state is _UNSTARTED:
+                token, _ = self._read_token()
+                if token is not None:
+                    self._token, self._id = token, self.options.id_prefix + token
+            if self._token is not None and self._state is not _ENDED:
+                self.store.delete_all(self._id)
+            self._clear_cookie()
+            self._state = _ENDED
+
+    def _clear_cookie(self) -> None:
         options = self.options
-        self.store.delete_all(self.id)
-        self._cookies.set(options.cookie_name, None, domain=options.domain,
+        self._cookies.set(options.cookie_name, None, path=options.path, domain=options.domain,
                           samesite=options.samesite, secure=self._secure(), httponly=True,
                           signed=options.keygrip is not None)
 
-    def regenerate(self, *, callback: Callback | None = None) -> None:
-        """Start over with a new token and no data: call it at login, against session fixation.
+    def regenerate(self, *, keep_data: bool = True, callback: Callback | None = None) -> None:
+        """Give the session a new token: call it at login, against session fixation.
 
         A token planted by an attacker before the login is worth nothing after it.
-        Keep what you need with :meth:`get_all` first and :meth:`set` it again.
+        With ``keep_data`` (the default) the data moves to the new token (no request
+        sees it half-moved, with a lifecycle store) and keeps its original deadline:
+        a login does not lengthen a stolen session's life.  ``keep_data=False``
+        starts empty.  Either way the old id is gone.  If it fails (the store is
+        down, the headers are already out) the old session is left whole and usable.
+
+        :raises StoreError: when the store fails; :raises SessionError: when the
+            cookie can no longer be sent.
         """
         if callback is not None:
-            return _call_back(callback, self.regenerate)  # type: ignore[no-any-return]
-        self.store.delete_all(self.id)
-        self._issue(_new_token())
+            return _call_back(callback, self.regenerate, keep_data)  # type: ignore[no-any-return]
+        _check_flag(keep_data, "keep_data")
+        with self._lock:
+            if self._state is _UNSTARTED:
+                self._start()
+            if self._state is _CANDIDATE and not self._lifecycle:
+                self._confirm()
+            if self._state is _ENDED or self._token is None:
+                self._issue()  # nothing to keep: a fresh session
+                return
+            self._renew_token(keep_data)
+
+    def _renew_token(self, keep_data: bool) -> None:
+        options = self.options
+        old = (self._token, self._id, self._signature, self._deadline, self._state)
+        token = _new_token()
+        id = options.id_prefix + token
+        if not keep_data:
+            self._deadline = (None if options.max_lifetime is None
+                              else options.clock() + options.max_lifetime)
+        self._send_cookie(token)  # raises SessionError, changing nothing, if headers are out
+        try:
+            self._deadline = self._move(old[1], id, keep_data)
+        except UnknownSession:  # the old id was not live after all: nothing to keep
+            self._token, self._id = token, id
+            self._issue()
+            return
+        except BaseException:
+            # The old session is whole: send its cookie again (the last one sent wins).
+            self._token, self._id, self._signature, self._deadline, self._state = old
+            self._send_cookie(old[0], old[2])  # type: ignore[arg-type]
+            raise
+        self._token, self._id, self._signature, self._state = token, id, None, _LIVE
+        if keep_data and self._deadline is not None and options.persistent:
+            self._send_cookie(token)  # now that the deadline is known: Expires = deadline
+
+    def _move(self, old: SessionId, new: SessionId, keep_data: bool) -> float | None:
+        """Move (or not) the data of ``old`` to ``new``, end ``old``; return the deadline."""
+        options = self.options
+        store: Any = self.store
+        expire = options.expire
+        if self._lifecycle and keep_data:
+            left = store.rename(old, new, expire)
+            return None if left is None else options.clock() + left
+        deadline = self._deadline
+        if self._lifecycle:
+            store.create(new, expire, options.max_lifetime)
+        else:
+            data = store.get_all(old, expire) if keep_data else {}
+            if options.strict:
+                data[_ISSUED_KEY] = {"deadline": deadline}
+            for key, value in data.items():  # not atomic: the six operations cannot be
+                store.set(new, key, value, expire)
+        store.delete_all(old)
+        return deadline
 
     def touch(self, *, callback: Callback | None = None) -> None:
         """Renew the expiry only (what Node's ``get()`` without a callback does)."""
         if callback is not None:
             return _call_back(callback, self.touch)  # type: ignore[no-any-return]
-        self.store.extend(self.id, self.expire)
+        self._run("extend", (), False)
 
     # -- the mapping view: each one store operation ------------------------------------
 
     def __getitem__(self, key: str) -> Any:
-        value = self.store.get(self.id, _check_key(key), self.expire)
+        value = self._run("get", (_check_key(key),), False)
         if value is None:  # the Store API returns None for a missing key (and for null)
             raise KeyError(key)
         return value
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self.store.set(self.id, _check_key(key), value, self.expire)
+        self._run("set", (_check_key(key), value), True)
 
     def __delitem__(self, key: str) -> None:
         # No KeyError for a missing key: finding out would be a second store operation,
         # and another request could delete it in between anyway.
-        self.store.delete(self.id, _check_key(key), self.expire)
+        self._run("delete", (_check_key(key),), True)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.store.get(self.id, _check_key(key),
-                                                       self.expire) is not None
+        return isinstance(key, str) and self._run("get", (_check_key(key),), False) is not None
 
     def __len__(self) -> int:
-        return len(self.store.get_all(self.id, self.expire))
+        return len(self._run("get_all", (), False))
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.store.get_all(self.id, self.expire))
+        return iter(self._run("get_all", (), False))
 
 
 # ============================================================================
@@ -1223,6 +1533,7 @@ class GenericSession:
 ENVIRON_KEY = "generic_session.session"
 
 _UNAVAILABLE = b"503 Service Unavailable: the session store is unavailable\n"
+_ENDED_BODY = b"400 Bad Request: the session ended while this request ran\n"
 
 
 class _DeferredStart:
@@ -1234,13 +1545,15 @@ class _DeferredStart:
     """
 
     __slots__ = ("_environ", "_start_response", "_write", "cookies", "exc_info", "headers",
-                 "status")
+                 "session", "status")
 
     def __init__(self, start_response: Callable[..., Any], environ: Environ) -> None:
         self._start_response = start_response
         # Kept only until the headers go: the session holds this object, and the
         # environ holds the session (a cycle the garbage collector would have to find).
         self._environ: Environ | None = environ
+        # The request's session, set by the middleware; dropped with the environ.
+        self.session: GenericSession | None = None
         self._write: Callable[[bytes], object] | None = None
         # The session's Set-Cookie headers by cookie name: a cookie sent twice (a
         # destroy after a start, say) goes out once, as it was last set.
@@ -1285,12 +1598,19 @@ class _DeferredStart:
         if self.status is None:
             raise RuntimeError("the WSGI app returned without calling start_response")
         headers = self.headers
-        if self.cookies:
+        session = self.session
+        if self.cookies or (session is not None and session.started):
+            # A response that used the session depends on the cookie.
             headers = _vary_on_cookie(headers)
+        if self.cookies:
+            if not any(name.lower() == "cache-control" for name, _ in headers):
+                # Vary does not protect a first visit (every new visitor sends the
+                # same, no cookie): a shared cache must not store a Set-Cookie.
+                headers.append(("Cache-Control", "private"))
             headers += [("Set-Cookie", value) for value in self.cookies.values()]
         self._write = self._start_response(self.status, headers, self.exc_info)
         self.exc_info = None  # its traceback would keep the whole request alive
-        self._environ = None
+        self._environ = self.session = None
 
     def write(self, data: bytes) -> None:
         """The legacy ``write`` callable: the headers go first."""
@@ -1338,8 +1658,8 @@ class _DeferredBody:
         try:
             first = next(iterator, b"")
             response.send()
-        except StoreError as error:
-            yield from _unavailable(error, environ, start_response, response.sent)
+        except (StoreError, SessionEnded) as error:
+            yield from _refuse(error, environ, start_response, response.sent)
             return
         yield first
         # A loop, not ``yield from``: closing this generator would close the app's
@@ -1357,20 +1677,24 @@ class _DeferredBody:
             _close(self._body)
 
 
-def _unavailable(error: StoreError, environ: Environ, start_response: Callable[..., Any],
-                 started: bool) -> list[bytes]:
-    """A plain 503 for a store that is down; the error goes to the server's log.
+def _refuse(error: StoreError | SessionEnded, environ: Environ,
+            start_response: Callable[..., Any], started: bool) -> list[bytes]:
+    """A plain 503 for a store that is down, or 400 for a session that ended while the
+    request ran; no cookie either way.  The error goes to the server's log.
 
     ``exc_info`` goes to ``start_response`` only when the headers were already
     started (PEP 3333): before that there is nothing to replace, and a server
     such as werkzeug's test client re-raises any ``exc_info`` it is given.
     """
     print(f"generic_session: {error}", file=environ.get("wsgi.errors", sys.stderr))
-    start_response("503 Service Unavailable",
-                   [("Content-Type", "text/plain; charset=utf-8"),
-                    ("Content-Length", str(len(_UNAVAILABLE)))],
+    if isinstance(error, StoreError):
+        status, body = "503 Service Unavailable", _UNAVAILABLE
+    else:
+        status, body = "400 Bad Request", _ENDED_BODY
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(body)))],
                    sys.exc_info() if started else None)
-    return [_UNAVAILABLE]
+    return [body]
 
 
 def middleware(
@@ -1378,8 +1702,12 @@ def middleware(
     *,
     keys: Keygrip | Sequence[str | bytes] | None = None,
     expire: float = TWO_WEEKS,
+    max_lifetime: float | None = None,
+    strict: bool = True,
+    persistent: bool = True,
     cookie_name: str = "s",
     id_prefix: str = "session:",
+    path: str = "/",
     secure: bool | None = None,
     samesite: str | None = "Lax",
     domain: str | None = None,
@@ -1390,14 +1718,17 @@ def middleware(
     The session is ``environ[ENVIRON_KEY]`` (``'generic_session.session'``) and,
     under Bottle, ``bottle.request.session``.  The options are those of
     :class:`SessionOptions`, checked now.  A :class:`StoreError` that escapes the
-    app becomes a plain 503 response (Bottle apps: make them with
-    ``app.config["catchall"] = False`` so it escapes).
+    app becomes a plain 503 response, a :class:`SessionEnded` a plain 400, neither
+    with a cookie (Bottle apps: make them with ``app.config["catchall"] = False``
+    so they escape).  A response that used the session varies on ``Cookie``; one
+    that sets it is also ``Cache-Control: private`` unless the app set that header.
 
     :raises TypeError: for an option of the wrong type, or a store without the Store API.
     :raises ValueError: for a bad option value, naming it.
     """
-    options = SessionOptions(keys=keys, expire=expire, cookie_name=cookie_name,
-                             id_prefix=id_prefix, secure=secure, samesite=samesite,
+    options = SessionOptions(keys=keys, expire=expire, max_lifetime=max_lifetime, strict=strict,
+                             persistent=persistent, cookie_name=cookie_name,
+                             id_prefix=id_prefix, path=path, secure=secure, samesite=samesite,
                              domain=domain, clock=clock)
     options.check_store(store)
     keygrip = options.keygrip
@@ -1409,12 +1740,13 @@ def middleware(
             cookies = Cookies.from_header(environ.get("HTTP_COOKIE", ""), response.add_cookie,
                                           keygrip)
             session = lazy(store, options, cookies, https=response.is_https)
+            response.session = session
             environ[ENVIRON_KEY] = session
             environ["bottle.request.ext.session"] = session  # bottle.request.session
             try:
                 body = app(environ, response.start_response)
-            except StoreError as error:
-                return _unavailable(error, environ, start_response, response.sent)
+            except (StoreError, SessionEnded) as error:
+                return _refuse(error, environ, start_response, response.sent)
             if response.status is None:  # a generator app: it starts when iterated
                 return _DeferredBody(body, response, environ, start_response)
             try:

@@ -81,6 +81,11 @@ def new_token() -> str:
     return GenericSession(environ(), [], MemoryStore()).token
 
 
+def issued_token(store: MemoryStore, **options: Any) -> str:
+    """The token of a session issued by ``store``'s own earlier request."""
+    return GenericSession(environ(), [], store, **options).token
+
+
 @pytest.fixture
 def store() -> MemoryStore:
     return MemoryStore()
@@ -186,9 +191,26 @@ def test_delete_without_a_key_removes_every_key_beware(store: MemoryStore) -> No
     assert session.get_all() == {}
 
 
-def test_delete_all_removes_the_data_but_keeps_the_cookie(store: MemoryStore) -> None:
+def test_delete_all_removes_the_data_and_the_next_use_starts_a_fresh_session(
+    store: MemoryStore,
+) -> None:
     headers: list[tuple[str, str]] = []
     session = GenericSession(environ(), headers, store)
+    session.set("a", 1)
+    old = session.id
+
+    session.delete_all()
+
+    assert store.get_all(old, 60) == {}
+    assert set_cookies(headers, "s")[-1][0] == old.removeprefix("session:")  # the cookie stays
+    assert session.get_all() == {}
+    assert session.id != old  # used again: a fresh session, and its cookie
+    assert [value for value, _ in set_cookies(headers, "s")][-1] == session.token
+
+
+def test_without_strict_delete_all_keeps_the_id_as_in_node(store: MemoryStore) -> None:
+    headers: list[tuple[str, str]] = []
+    session = GenericSession(environ(), headers, store, strict=False)
     session.set("a", 1)
 
     session.delete_all()
@@ -389,11 +411,12 @@ def test_the_token_in_the_request_cookie_is_reused(store: MemoryStore) -> None:
 
 
 def test_a_token_issued_by_node_with_plus_and_slash_is_accepted(store: MemoryStore) -> None:
+    # strict=False: a session Node issued in a shared store is not one we issued.
     node_token = base64.b64encode(b"\xfb\xff\xbf" * 10).decode("ascii")
     assert len(node_token) == 40 and "+" in node_token and "/" in node_token
     headers: list[tuple[str, str]] = []
 
-    session = GenericSession(environ(f"s={node_token}"), headers, store)
+    session = GenericSession(environ(f"s={node_token}"), headers, store, strict=False)
 
     assert session.token == node_token
     assert last_cookie(headers, "s")[0] == node_token
@@ -406,7 +429,8 @@ def test_a_signed_cookie_made_by_node_keeps_its_session(store: MemoryStore) -> N
     node_token = pairs[0].partition("=")[2]
     assert "/" in node_token
 
-    session = GenericSession(environ("; ".join(pairs)), [], store, keys=vector["keys"])
+    session = GenericSession(environ("; ".join(pairs)), [], store, keys=vector["keys"],
+                             strict=False)
 
     assert session.token == node_token
 
@@ -461,7 +485,7 @@ def test_without_keys_no_signature_is_sent(store: MemoryStore) -> None:
 
 
 def test_a_validly_signed_cookie_keeps_its_token(store: MemoryStore) -> None:
-    token = new_token()
+    token = issued_token(store, keys=["secret"])
     headers: list[tuple[str, str]] = []
 
     session = GenericSession(environ(signed_cookie(token)), headers, store, keys=["secret"])
@@ -510,7 +534,7 @@ def test_a_signature_made_with_an_unknown_key_starts_a_fresh_session(store: Memo
 def test_a_cookie_signed_with_an_old_key_is_kept_and_re_signed_with_the_new(
     store: MemoryStore,
 ) -> None:
-    token = new_token()
+    token = issued_token(store, keys=["old"])
     headers: list[tuple[str, str]] = []
 
     session = GenericSession(
@@ -705,7 +729,7 @@ def test_a_callback_gets_the_json_error_of_set_instead_of_it_being_raised(
 def test_a_store_error_goes_to_the_callback_instead_of_being_raised(
     dead_store: RedisStore,
 ) -> None:
-    session = GenericSession(environ(), [], dead_store)
+    session = GenericSession(environ(), [], dead_store, strict=False)
     callback = Recorder()
 
     returned = session.get("k", callback=callback)
@@ -720,19 +744,29 @@ def test_a_store_error_goes_to_the_callback_instead_of_being_raised(
 def test_without_a_callback_a_store_error_is_raised_naming_the_address(
     dead_store: RedisStore,
 ) -> None:
-    session = GenericSession(environ(), [], dead_store)
+    session = GenericSession(environ(), [], dead_store, strict=False)
     port = dead_store.client.connection_pool.connection_kwargs["port"]
 
     with pytest.raises(StoreError, match=rf"RedisStore at 127\.0\.0\.1:{port}: set failed"):
         session.set("k", "v")
 
 
-def test_a_session_can_be_made_while_the_store_is_down(dead_store: RedisStore) -> None:
+def test_a_node_style_session_can_be_made_while_the_store_is_down(
+    dead_store: RedisStore,
+) -> None:
     headers: list[tuple[str, str]] = []
 
-    session = GenericSession(environ(), headers, dead_store)
+    session = GenericSession(environ(), headers, dead_store, strict=False)
 
     assert last_cookie(headers, "s")[0] == session.token
+
+
+def test_a_strict_session_made_while_the_store_is_down_raises_store_error(
+    dead_store: RedisStore,
+) -> None:
+    # Issuing a strict session writes it to the store: the error names the store.
+    with pytest.raises(StoreError, match=rf"RedisStore at {dead_store.address}: "):
+        GenericSession(environ(), [], dead_store)
 
 
 # -- cookie attributes ---------------------------------------------------------------------------
@@ -862,7 +896,7 @@ def test_the_expiry_slides_with_each_request(store: MemoryStore) -> None:
 
 
 def test_a_custom_cookie_name_carries_the_token_and_its_signature(store: MemoryStore) -> None:
-    token = new_token()
+    token = issued_token(store, cookie_name="sid", keys=["secret"])
     headers: list[tuple[str, str]] = []
 
     session = GenericSession(
@@ -909,7 +943,8 @@ def test_a_secure_prefixed_name_in_any_case_is_secure_even_over_http(
 
 @pytest.mark.parametrize("name", HOST_PREFIXED)
 def test_a_host_prefixed_name_with_a_domain_is_refused(store: MemoryStore, name: str) -> None:
-    with pytest.raises(ValueError, match=rf"^domain must be None for cookie_name '{name}': "
+    with pytest.raises(ValueError, match=rf"^domain must be None and path '/' for cookie_name "
+                       rf"'{name}': "
                        r"__Host- cookies are bound to the host that set them$"):
         GenericSession(environ(), [], store, cookie_name=name, domain="example.com")
 
@@ -977,7 +1012,7 @@ def test_repr_html_is_a_table_with_the_short_token_cookie_expiry_and_data(
 
 
 def test_repr_html_shows_a_store_failure_instead_of_raising(dead_store: RedisStore) -> None:
-    session = GenericSession(environ(), [], dead_store)
+    session = GenericSession(environ(), [], dead_store, strict=False)
 
     markup = session._repr_html_()
 
@@ -1001,7 +1036,9 @@ def test_a_callback_gets_the_error_of_a_key_that_is_not_a_str(store: MemoryStore
 # -- regenerate ----------------------------------------------------------------------------------
 
 
-def test_regenerate_gives_a_new_token_and_drops_the_old_data(store: MemoryStore) -> None:
+def test_regenerate_without_keep_data_gives_a_new_token_and_drops_the_old_data(
+    store: MemoryStore,
+) -> None:
     planted = GenericSession(environ(), [], store, keys=["secret"])
     planted.set("k", "planted by an attacker")
     headers: list[tuple[str, str]] = []
@@ -1009,7 +1046,7 @@ def test_regenerate_gives_a_new_token_and_drops_the_old_data(store: MemoryStore)
                              keys=["secret"])
     assert session.token == planted.token
 
-    session.regenerate()
+    session.regenerate(keep_data=False)
     session.set("user", "alice")
 
     assert session.token != planted.token
