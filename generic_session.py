@@ -996,8 +996,337 @@ def _has_lifecycle(store: object) -> bool:
 # the first store operation does (in the same round trip, with a lifecycle store).
 _UNSTARTED, _CANDIDATE, _LIVE, _ENDED = "unstarted", "candidate", "live", "ended"
 
+#: One store call a plan asks its driver for: ``(method name, args, keyword args)``.
+_Call: TypeAlias = tuple[str, tuple[Any, ...], dict[str, Any]]
+#: A plan: the decisions of one session operation, yielding the store calls it needs
+#: and receiving their results (or their exceptions, thrown in), returning its own.
+_Plan: TypeAlias = Generator[_Call, Any, Any]
+_LIVE_ONLY: dict[str, Any] = {"live": True}
+_PLAIN: dict[str, Any] = {}
 
-class GenericSession:
+
+class _SessionCore:
+    """What the sync and the async session share: one request's session and every
+    decision of its lifecycle, with no I/O.
+
+    Each operation is a *plan*, a generator that yields the store calls it needs
+    (sans-IO, as h11 is for HTTP): :class:`GenericSession` makes them with plain
+    calls, :class:`AsyncGenericSession` with ``await``.  Only the commonest case,
+    one operation on a session already live, skips the plan, in each class, for
+    speed.
+    """
+
+    __slots__ = ("_cookies", "_deadline", "_https", "_id", "_lifecycle", "_resend",
+                 "_signature", "_state", "_token", "options", "store")
+
+    def _bind(self, store: Any, options: SessionOptions, cookies: Cookies,
+              https: Callable[[], bool]) -> None:
+        self.store = store
+        self.options = options
+        self._cookies = cookies
+        self._https = https
+        self._lifecycle = options.strict and _has_lifecycle(store)
+        self._state = _UNSTARTED
+        self._token: str | None = None
+        self._id = ""
+        self._signature: str | None = None
+        self._resend = False
+        self._deadline: float | None = None
+
+    # -- attributes ---------------------------------------------------------------------------
+
+    @property
+    def cookies(self) -> Cookies:
+        """The :class:`Cookies` this session reads and writes its cookie with."""
+        return self._cookies
+
+    @property
+    def expire(self) -> float:
+        """Seconds of inactivity before the session ends."""
+        return self.options.expire
+
+    @property
+    def started(self) -> bool:
+        """True once the app has used the session: it has read its token or issued one."""
+        return self._state is not _UNSTARTED
+
+    @property
+    def ended(self) -> bool:
+        """True once the session was destroyed, or found ended by another request."""
+        return self._state is _ENDED
+
+    def _describe(self) -> str:
+        name = type(self).__name__
+        if self._token is None:
+            return f"{name}(<{self._state}>, expire={self.expire}, store={self.store!r})"
+        short = self.options.id_prefix + _short(self._token)
+        return f"{name}(id={short!r}, {self._state}, expire={self.expire}, store={self.store!r})"
+
+    def _table(self, data: Any) -> str:
+        """The HTML table of the session for Jupyter, with ``data`` as read."""
+        options = self.options
+        name = type(self).__name__
+        if self._token is None:
+            return _html_table(f"{name} ({self._state})", [("store", repr(self.store))])
+        attributes = options.attributes(self._secure(), self._deadline).split("; ")[1:]
+        attributes = [item for item in attributes if not item.startswith("expires=")]
+        lifetime = "none" if options.max_lifetime is None else f"{options.max_lifetime} s"
+        return _html_table(name, [
+            ("id", options.id_prefix + _short(self._token)),
+            ("state", self._state),
+            ("cookie", f"{options.cookie_name}=…; {'; '.join(attributes)}"),
+            ("signed", f"yes: {options.cookie_name}.sig" if options.keygrip else "no"),
+            ("expire", f"{options.expire} s (idle)"),
+            ("max_lifetime", lifetime),
+            ("store", repr(self.store)),
+            ("data", json.dumps(data, ensure_ascii=False) if isinstance(data, dict) else data),
+        ])
+
+    # -- the cookie -----------------------------------------------------------------------------
+
+    def _read_token(self) -> tuple[str | None, str | None]:
+        """The cookie's token and, when ``keys[0]`` made it, its signature; None when the
+        cookie is missing, malformed or badly signed."""
+        options = self.options
+        cookies = self._cookies
+        token = cookies.get(options.cookie_name, signed=False)
+        # The shape first: a forged 250 kB cookie must not cost an HMAC per key.
+        if token is None or not _TOKEN.fullmatch(token):
+            return None, None
+        if options.keygrip is None:
+            return token, None
+        _, signature, index = cookies.read_signed(options.cookie_name)
+        if index < 0:
+            return None, None
+        # Re-sending the cookie needs its signature by keys[0]: reuse the one just
+        # verified rather than compute the same HMAC again (bench: ~1.2 us a request).
+        return token, signature if index == 0 else None
+
+    def _secure(self) -> bool:
+        """Whether the cookie is Secure: as configured, or when the request came over HTTPS."""
+        secure = self.options.secure
+        return self._https() if secure is None else secure
+
+    def _send_cookie(self, token: str, signature: str | None = None) -> None:
+        options = self.options
+        self._cookies.send_prepared(
+            options.cookie_name, token, options.attributes(self._secure(), self._deadline),
+            signed=options.keygrip is not None, signature=signature)
+
+    def _clear_cookie(self) -> None:
+        options = self.options
+        self._cookies.set(options.cookie_name, None, path=options.path, domain=options.domain,
+                          samesite=options.samesite, secure=self._secure(), httponly=True,
+                          signed=options.keygrip is not None)
+
+    def _live_now(self) -> None:
+        """The candidate is live: (re)send its cookie where needed."""
+        self._state = _LIVE
+        if self._resend:
+            self._resend = False
+            self._send_cookie(self._token, self._signature)  # type: ignore[arg-type]
+
+    def _ended(self, name: str, write: bool) -> Any:
+        """What an operation on an ended session gives: nothing read, no write."""
+        if write:
+            raise SessionEnded(
+                f"session.{name} refused: the session ended while this request ran (another "
+                "request destroyed or regenerated it, or it expired); nothing was written")
+        return {} if name == "get_all" else None
+
+    def _new_deadline(self) -> float | None:
+        lifetime = self.options.max_lifetime
+        return None if lifetime is None else self.options.clock() + lifetime
+
+    # -- the plans ------------------------------------------------------------------------------
+
+    def _start(self) -> _Plan:
+        """Read the cookie's token as a candidate (strict), adopt it (Node's way), or
+        issue a new session when the cookie holds none."""
+        if self._state is not _UNSTARTED:
+            return
+        token, signature = self._read_token()
+        if token is None:
+            yield from self._issue()
+            return
+        options = self.options
+        self._token, self._id = token, options.id_prefix + token
+        self._signature = signature
+        # A cookie signed by an older key is re-signed; a sliding one re-sent.
+        self._resend = options.sliding or (options.keygrip is not None and signature is None)
+        if options.strict:
+            self._state = _CANDIDATE
+        else:
+            self._live_now()
+
+    def _issue(self) -> _Plan:
+        """Start a new session: a new token, its cookie sent, the store told (strict)."""
+        options = self.options
+        token = _new_token()
+        id = options.id_prefix + token
+        self._deadline = self._new_deadline()
+        # The cookie first: a session whose cookie cannot be sent stores nothing.
+        self._send_cookie(token)
+        if self._lifecycle:
+            yield "create", (id, options.expire, options.max_lifetime), _PLAIN
+        elif options.strict:  # six operations only: a mark that we issued it
+            yield "set", (id, _ISSUED_KEY, {"deadline": self._deadline}, options.expire), _PLAIN
+        self._token, self._id, self._signature = token, id, None
+        self._resend = False
+        self._state = _LIVE
+
+    def _confirm(self) -> _Plan:
+        """Make sure the session is live: ask the store about a candidate (one call)."""
+        yield from self._start()
+        if self._state is not _CANDIDATE:
+            return
+        if self._lifecycle:
+            try:
+                yield "extend", (self._id, self.options.expire), _LIVE_ONLY
+            except UnknownSession:
+                yield from self._issue()
+                return
+        elif not (yield from self._issued_here()):
+            yield from self._issue()
+            return
+        self._live_now()
+
+    def _issued_here(self) -> Generator[_Call, Any, bool]:
+        """For a store with the six operations only: whether the candidate carries our
+        issue mark and has not passed its deadline (the fallback's one extra read)."""
+        mark = yield "get", (self._id, _ISSUED_KEY, self.options.expire), _PLAIN
+        if not isinstance(mark, dict):
+            return False
+        deadline = mark.get("deadline")
+        if isinstance(deadline, int | float):
+            if self.options.clock() >= deadline:
+                yield "delete_all", (self._id,), _PLAIN
+                return False
+            self._deadline = float(deadline)
+        return True
+
+    def _operate(self, name: str, args: tuple[Any, ...], write: bool) -> _Plan:
+        """``store.<name>(id, *args, expire)`` under the lifecycle rules.
+
+        On a candidate the operation also confirms it (a lifecycle store answers
+        :class:`UnknownSession` for a token it does not hold live: then a new
+        session is issued, empty).  On a session that ended while the request ran
+        a write raises :class:`SessionEnded`, a read finds nothing.
+        """
+        yield from self._start()
+        expire = self.options.expire
+        if not self._lifecycle:
+            if self._state is _CANDIDATE:
+                yield from self._confirm()
+            elif self._state is _ENDED:
+                return self._ended(name, write)
+            result = yield name, (self._id, *args, expire), _PLAIN
+            if name == "get_all" and self.options.strict:
+                result.pop(_ISSUED_KEY, None)
+            return result
+        if self._state is _ENDED:
+            return self._ended(name, write)
+        try:
+            result = yield name, (self._id, *args, expire), _LIVE_ONLY
+        except UnknownSession:
+            if self._state is _LIVE:
+                self._state = _ENDED  # destroyed, regenerated or expired meanwhile
+                return self._ended(name, write)
+            yield from self._issue()  # a candidate the store does not hold: a new one
+            if not write:
+                return {} if name == "get_all" else None
+            return (yield name, (self._id, *args, expire), _LIVE_ONLY)
+        if self._state is _CANDIDATE:
+            self._live_now()
+        return result
+
+    def _delete_all(self) -> _Plan:
+        if self._state is _UNSTARTED or self._state is _CANDIDATE:
+            yield from self._confirm()
+        if self._state is _ENDED:
+            return
+        yield "delete_all", (self._id,), _PLAIN
+        if self.options.strict:
+            # The id is no longer live: other requests of the session find it ended,
+            # while this one, which asked for it, goes on with a fresh session at its
+            # next operation (as the next request would).
+            self._state = _CANDIDATE
+
+    def _destroy(self) -> _Plan:
+        if self._state is _UNSTARTED:
+            token, _ = self._read_token()
+            if token is not None:
+                self._token, self._id = token, self.options.id_prefix + token
+        if self._token is not None and self._state is not _ENDED:
+            yield "delete_all", (self._id,), _PLAIN
+        self._clear_cookie()
+        self._state = _ENDED
+
+    def _regenerate(self, keep_data: bool) -> _Plan:
+        _check_flag(keep_data, "keep_data")
+        yield from self._start()
+        if self._state is _CANDIDATE and not self._lifecycle:
+            yield from self._confirm()
+        if self._state is _ENDED or self._token is None:
+            yield from self._issue()  # nothing to keep: a fresh session
+            return
+        options = self.options
+        old = (self._token, self._id, self._signature, self._deadline, self._state)
+        token = _new_token()
+        id = options.id_prefix + token
+        if not keep_data:
+            self._deadline = self._new_deadline()
+        self._send_cookie(token)  # raises SessionError, changing nothing, if headers are out
+        try:
+            self._deadline = yield from self._move(old[1], id, keep_data)
+        except UnknownSession:  # the old id was not live after all: nothing to keep
+            yield from self._issue()
+            return
+        except BaseException:
+            # The old session is whole: send its cookie again (the last one sent wins).
+            self._token, self._id, self._signature, self._deadline, self._state = old
+            self._send_cookie(old[0], old[2])
+            raise
+        self._token, self._id, self._signature, self._state = token, id, None, _LIVE
+        if keep_data and self._deadline is not None and options.persistent:
+            self._send_cookie(token)  # now that the deadline is known: Expires = deadline
+
+    def _move(self, old: SessionId, new: SessionId,
+              keep_data: bool) -> Generator[_Call, Any, float | None]:
+        """Move (or not) the data of ``old`` to ``new``, end ``old``; return the deadline."""
+        options = self.options
+        expire = options.expire
+        if self._lifecycle and keep_data:
+            left = yield "rename", (old, new, expire), _PLAIN
+            return None if left is None else options.clock() + left
+        deadline = self._deadline
+        if self._lifecycle:
+            yield "create", (new, expire, options.max_lifetime), _PLAIN
+        else:
+            data = (yield "get_all", (old, expire), _PLAIN) if keep_data else {}
+            if options.strict:
+                data[_ISSUED_KEY] = {"deadline": deadline}
+            for key, value in data.items():  # not atomic: the six operations cannot be
+                yield "set", (new, key, value, expire), _PLAIN
+        yield "delete_all", (old,), _PLAIN
+        return deadline
+
+    def _fast(self, name: str) -> bool:
+        """Whether ``name`` may skip the plan: the session is live, and the operation
+        needs no more than the one store call (bench: the plan costs ~X us)."""
+        return self._state is _LIVE and (self._lifecycle or not (
+            name == "get_all" and self.options.strict))
+
+    @staticmethod
+    def _check_incr(store: object, amount: int) -> None:
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise TypeError(f"amount must be an int, got {type(amount).__name__} {amount!r}")
+        if not callable(getattr(store, "incr", None)):
+            raise TypeError(f"session.incr needs a store with an incr() operation, and "
+                            f"{type(store).__name__} has none (see LifecycleStore)")
+
+
+class GenericSession(_SessionCore):
     """The session of one request: a token in a cookie, its data in a store.
 
     :param request: a WSGI environ, or an object with ``.environ``.
@@ -1025,8 +1354,7 @@ class GenericSession:
     whole session (``get_all``).
     """
 
-    __slots__ = ("_cookies", "_deadline", "_https", "_id", "_lifecycle", "_lock", "_resend",
-                 "_signature", "_state", "_token", "options", "store")
+    __slots__ = ("_lock",)
 
     def __init__(
         self,
@@ -1062,7 +1390,7 @@ class GenericSession:
             cookies = Cookies(request, response, options.keygrip)
         https = _environ_of(request).get("wsgi.url_scheme") == "https"
         self._bind(store, options, cookies, lambda: https)
-        self._confirm()
+        self._drive(self._confirm())
 
     @classmethod
     def lazy(cls, store: Store, options: SessionOptions, cookies: Cookies, *,
@@ -1080,267 +1408,78 @@ class GenericSession:
         session._bind(store, options, cookies, https)
         return session
 
-    def _bind(self, store: Store, options: SessionOptions, cookies: Cookies,
+    def _bind(self, store: Any, options: SessionOptions, cookies: Cookies,
               https: Callable[[], bool]) -> None:
-        self.store = store
-        self.options = options
-        self._cookies = cookies
-        self._https = https
-        self._lifecycle = options.strict and _has_lifecycle(store)
-        self._state = _UNSTARTED
-        self._token: str | None = None
-        self._id = ""
-        self._signature: str | None = None
-        self._resend = False
-        self._deadline: float | None = None
+        super()._bind(store, options, cookies, https)
         # Two threads of one request may touch a new session at once: one token only.
         self._lock = threading.RLock()
 
-    # -- starting: the cookie's token, or a new one ----------------------------------------
-
-    def _start(self) -> None:
-        """Read the cookie's token as a candidate (strict), adopt it (Node's way), or
-        issue a new session when the cookie holds none."""
+    def _drive(self, plan: _Plan) -> Any:
+        """Run ``plan``, making each store call it asks for; one plan at a time."""
+        store = self.store
         with self._lock:
-            if self._state is not _UNSTARTED:
-                return
-            token, signature = self._read_token()
-            if token is None:
-                self._issue()
-                return
-            self._token, self._id = token, self.options.id_prefix + token
-            self._signature = signature
-            # A cookie signed by an older key is re-signed; a sliding one re-sent.
-            self._resend = self.options.sliding or (
-                self.options.keygrip is not None and signature is None)
-            if self.options.strict:
-                self._state = _CANDIDATE
-            else:
-                self._live_now()
-
-    def _read_token(self) -> tuple[str | None, str | None]:
-        """The cookie's token and, when ``keys[0]`` made it, its signature; None when the
-        cookie is missing, malformed or badly signed."""
-        options = self.options
-        cookies = self._cookies
-        token = cookies.get(options.cookie_name, signed=False)
-        # The shape first: a forged 250 kB cookie must not cost an HMAC per key.
-        if token is None or not _TOKEN.fullmatch(token):
-            return None, None
-        if options.keygrip is None:
-            return token, None
-        _, signature, index = cookies.read_signed(options.cookie_name)
-        if index < 0:
-            return None, None
-        # Re-sending the cookie needs its signature by keys[0]: reuse the one just
-        # verified rather than compute the same HMAC again (bench: ~1.6 us a request).
-        return token, signature if index == 0 else None
-
-    def _send_cookie(self, token: str, signature: str | None = None) -> None:
-        options = self.options
-        self._cookies.send_prepared(
-            options.cookie_name, token, options.attributes(self._secure(), self._deadline),
-            signed=options.keygrip is not None, signature=signature)
-
-    def _issue(self) -> None:
-        """Start a new session: a new token, its cookie sent, the store told (strict)."""
-        options = self.options
-        token = _new_token()
-        id = options.id_prefix + token
-        deadline = None if options.max_lifetime is None else options.clock() + options.max_lifetime
-        self._deadline = deadline
-        # The cookie first: a session whose cookie cannot be sent stores nothing.
-        self._send_cookie(token)
-        if self._lifecycle:
-            self.store.create(id, options.expire, options.max_lifetime)  # type: ignore[attr-defined]
-        elif options.strict:  # six operations only: a mark that we issued it
-            self.store.set(id, _ISSUED_KEY, {"deadline": deadline}, options.expire)
-        self._token, self._id, self._signature = token, id, None
-        self._resend = False
-        self._state = _LIVE
-
-    def _live_now(self) -> None:
-        """The candidate is live: (re)send its cookie where needed."""
-        self._state = _LIVE
-        if self._resend:
-            self._resend = False
-            self._send_cookie(self._token, self._signature)  # type: ignore[arg-type]
-
-    def _confirm(self) -> None:
-        """Make sure the session is live: ask the store about a candidate (one read)."""
-        if self._state is _UNSTARTED:
-            self._start()
-        if self._state is not _CANDIDATE:
-            return
-        with self._lock:
-            if self._state is not _CANDIDATE:
-                return
-            if self._lifecycle:
-                try:
-                    self.store.extend(self._id, self.options.expire,  # type: ignore[call-arg]
-                                      live=True)
-                except UnknownSession:
-                    self._issue()
-                    return
-            elif not self._issued_here():
-                self._issue()
-                return
-            self._live_now()
-
-    def _issued_here(self) -> bool:
-        """For a store with the six operations only: whether the candidate carries our
-        issue mark and has not passed its deadline (the fallback's one extra read)."""
-        mark = self.store.get(self._id, _ISSUED_KEY, self.options.expire)
-        if not isinstance(mark, dict):
-            return False
-        deadline = mark.get("deadline")
-        if isinstance(deadline, int | float):
-            if self.options.clock() >= deadline:
-                self.store.delete_all(self._id)
-                return False
-            self._deadline = float(deadline)
-        return True
-
-    def _secure(self) -> bool:
-        """Whether the cookie is Secure: as configured, or when the request came over HTTPS."""
-        secure = self.options.secure
-        return self._https() if secure is None else secure
-
-    # -- every store operation goes through here ---------------------------------------------
-
-    def _run(self, name: str, args: tuple[Any, ...], write: bool) -> Any:
-        """``store.<name>(id, *args, expire)`` under the lifecycle rules.
-
-        On a candidate the operation also confirms it (a lifecycle store answers
-        :class:`UnknownSession` for a token it does not hold live: then a new
-        session is issued, empty).  On a session that ended while the request ran
-        a write raises :class:`SessionEnded`, a read finds nothing.
-        """
-        state = self._state
-        if state is _UNSTARTED:
-            self._start()
-            state = self._state
-        expire = self.options.expire
-        if not self._lifecycle:
-            if state is _CANDIDATE:
-                self._confirm()
-            elif state is _ENDED:
-                return self._ended(name, write)
-            result = getattr(self.store, name)(self._id, *args, expire)
-            if name == "get_all" and self.options.strict:
-                result.pop(_ISSUED_KEY, None)
-            return result
-        operation = getattr(self.store, name)
-        if state is _LIVE:
             try:
-                return operation(self._id, *args, expire, live=True)
+                name, args, kwargs = next(plan)
+                while True:
+                    try:
+                        result = getattr(store, name)(*args, **kwargs)
+                    except BaseException as error:  # the plan decides: it may undo, or not
+                        name, args, kwargs = plan.throw(error)
+                    else:
+                        name, args, kwargs = plan.send(result)
+            except StopIteration as done:
+                return done.value
+
+    def _operation(self, name: str, args: tuple[Any, ...], write: bool) -> Any:
+        if self._fast(name):  # live already: one store call, no plan
+            try:
+                return getattr(self.store, name)(self._id, *args, self.options.expire,
+                                                 **(_LIVE_ONLY if self._lifecycle else _PLAIN))
             except UnknownSession:
                 self._state = _ENDED  # destroyed, regenerated or expired meanwhile
                 return self._ended(name, write)
-        if state is _ENDED:
-            return self._ended(name, write)
-        with self._lock:  # a candidate: this operation tells whether the store has it
-            if self._state is not _CANDIDATE:
-                return self._run(name, args, write)
-            try:
-                result = operation(self._id, *args, expire, live=True)
-            except UnknownSession:
-                self._issue()
-                if not write:
-                    return {} if name == "get_all" else None
-                return operation(self._id, *args, expire, live=True)
-            self._live_now()
-            return result
-
-    def _ended(self, name: str, write: bool) -> Any:
-        if write:
-            raise SessionEnded(
-                f"session.{name} refused: the session ended while this request ran (another "
-                "request destroyed or regenerated it, or it expired); nothing was written")
-        return {} if name == "get_all" else None
-
-    # -- attributes ---------------------------------------------------------------------------
-
-    @property
-    def cookies(self) -> Cookies:
-        """The :class:`Cookies` this session reads and writes its cookie with."""
-        return self._cookies
+        return self._drive(self._operate(name, args, write))
 
     @property
     def token(self) -> str:
         """The random token in the cookie (40 characters); reading it starts the session."""
         if self._state is not _LIVE:
-            self._confirm()
+            self._drive(self._confirm())
         return self._token  # type: ignore[return-value]  # _confirm set it
 
     @property
     def id(self) -> SessionId:
         """The id the store knows the session by: ``id_prefix + token``."""
         if self._state is not _LIVE:
-            self._confirm()
+            self._drive(self._confirm())
         return self._id
 
-    @property
-    def expire(self) -> float:
-        """Seconds of inactivity before the session ends."""
-        return self.options.expire
-
-    @property
-    def started(self) -> bool:
-        """True once the app has used the session: it has read its token or issued one."""
-        return self._state is not _UNSTARTED
-
-    @property
-    def ended(self) -> bool:
-        """True once the session was destroyed, or found ended by another request."""
-        return self._state is _ENDED
-
     def __repr__(self) -> str:
-        if self._token is None:
-            return (f"GenericSession(<{self._state}>, expire={self.expire}, "
-                    f"store={self.store!r})")
-        short = self.options.id_prefix + _short(self._token)
-        return (f"GenericSession(id={short!r}, {self._state}, expire={self.expire}, "
-                f"store={self.store!r})")
+        return self._describe()
 
     def _repr_html_(self) -> str:
-        options = self.options
         if self._token is None:
-            return _html_table(f"GenericSession ({self._state})", [("store", repr(self.store))])
-        attributes = options.attributes(self._secure(), self._deadline).split("; ")[1:]
-        attributes = [item for item in attributes if not item.startswith("expires=")]
+            return self._table(None)
         try:  # a read, which renews the expiry as every read does
-            data: Any = self.store.get_all(self._id, options.expire)
+            data: Any = self.store.get_all(self._id, self.options.expire)
             data.pop(_ISSUED_KEY, None)
         except Exception as error:  # a notebook should show the failure, not raise it
             data = f"<{type(error).__name__}: {error}>"
-        lifetime = "none" if options.max_lifetime is None else f"{options.max_lifetime} s"
-        return _html_table("GenericSession", [
-            ("id", options.id_prefix + _short(self._token)),
-            ("state", self._state),
-            ("cookie", f"{options.cookie_name}=…; {'; '.join(attributes)}"),
-            ("signed", f"yes: {options.cookie_name}.sig" if options.keygrip else "no"),
-            ("expire", f"{options.expire} s (idle)"),
-            ("max_lifetime", lifetime),
-            ("store", repr(self.store)),
-            ("data", json.dumps(data, ensure_ascii=False) if isinstance(data, dict) else data),
-        ])
-
-    # -- the operations ---------------------------------------------------------------------
+        return self._table(data)
 
     def get(self, key: str | None = None, *, callback: Callback | None = None) -> Any:
         """Return the value stored under ``key`` (a copy), or None; no key: :meth:`get_all`."""
         if callback is not None:
             return _call_back(callback, self.get, key)
         if key is None:
-            return self._run("get_all", (), False)
-        return self._run("get", (_check_key(key),), False)
+            return self._operation("get_all", (), False)
+        return self._operation("get", (_check_key(key),), False)
 
     def get_all(self, *, callback: Callback | None = None) -> dict[str, Any]:
         """Return all the session's data as a new dict."""
         if callback is not None:
             return _call_back(callback, self.get_all)  # type: ignore[no-any-return]
-        return self._run("get_all", (), False)  # type: ignore[no-any-return]
+        return self._operation("get_all", (), False)  # type: ignore[no-any-return]
 
     def set(self, key: str, value: Any = None, *, callback: Callback | None = None) -> None:
         """Store ``value`` (JSON-serialisable; None by default) under ``key``.
@@ -1350,7 +1489,7 @@ class GenericSession:
         """
         if callback is not None:
             return _call_back(callback, self.set, key, value)  # type: ignore[no-any-return]
-        self._run("set", (_check_key(key), value), True)
+        self._operation("set", (_check_key(key), value), True)
 
     def incr(self, key: str, amount: int = 1, *, callback: Callback | None = None) -> int:
         """Add ``amount`` to the integer under ``key`` (a missing key counts as 0) in one
@@ -1362,12 +1501,8 @@ class GenericSession:
         """
         if callback is not None:
             return _call_back(callback, self.incr, key, amount)  # type: ignore[no-any-return]
-        if isinstance(amount, bool) or not isinstance(amount, int):
-            raise TypeError(f"amount must be an int, got {type(amount).__name__} {amount!r}")
-        if not callable(getattr(self.store, "incr", None)):
-            raise TypeError(f"session.incr needs a store with an incr() operation, and "
-                            f"{type(self.store).__name__} has none (see LifecycleStore)")
-        return self._run("incr", (_check_key(key), amount), True)  # type: ignore[no-any-return]
+        self._check_incr(self.store, amount)
+        return self._operation("incr", (_check_key(key), amount), True)  # type: ignore[no-any-return]
 
     def delete(self, key: str | None = None, *, callback: Callback | None = None) -> None:
         """Remove ``key``.  Beware: with no key this is :meth:`delete_all`, as in Node."""
@@ -1376,7 +1511,7 @@ class GenericSession:
         if key is None:
             self.delete_all()
         else:
-            self._run("delete", (_check_key(key),), True)
+            self._operation("delete", (_check_key(key),), True)
 
     def delete_all(self, *, callback: Callback | None = None) -> None:
         """Remove all the session's data.  In strict mode the old id ends, for the other
@@ -1384,13 +1519,7 @@ class GenericSession:
         token) if it uses the session again."""
         if callback is not None:
             return _call_back(callback, self.delete_all)  # type: ignore[no-any-return]
-        if self._state is not _ENDED:
-            self.store.delete_all(self.id)
-            if self.options.strict:
-                # The id is no longer live: other requests of the session find it ended,
-                # while this one, which asked for it, goes on with a fresh session at its
-                # next operation (as the next request would).
-                self._state = _CANDIDATE
+        self._drive(self._delete_all())
 
     def destroy(self, *, callback: Callback | None = None) -> None:
         """End the session: its data removed from the store and its cookie (and signature)
@@ -1401,21 +1530,7 @@ class GenericSession:
         """
         if callback is not None:
             return _call_back(callback, self.destroy)  # type: ignore[no-any-return]
-        with self._lock:
-            if self._state is _UNSTARTED:
-                token, _ = self._read_token()
-                if token is not None:
-                    self._token, self._id = token, self.options.id_prefix + token
-            if self._token is not None and self._state is not _ENDED:
-                self.store.delete_all(self._id)
-            self._clear_cookie()
-            self._state = _ENDED
-
-    def _clear_cookie(self) -> None:
-        options = self.options
-        self._cookies.set(options.cookie_name, None, path=options.path, domain=options.domain,
-                          samesite=options.samesite, secure=self._secure(), httponly=True,
-                          signed=options.keygrip is not None)
+        self._drive(self._destroy())
 
     def regenerate(self, *, keep_data: bool = True, callback: Callback | None = None) -> None:
         """Give the session a new token: call it at login, against session fixation.
@@ -1432,91 +1547,39 @@ class GenericSession:
         """
         if callback is not None:
             return _call_back(callback, self.regenerate, keep_data)  # type: ignore[no-any-return]
-        _check_flag(keep_data, "keep_data")
-        with self._lock:
-            if self._state is _UNSTARTED:
-                self._start()
-            if self._state is _CANDIDATE and not self._lifecycle:
-                self._confirm()
-            if self._state is _ENDED or self._token is None:
-                self._issue()  # nothing to keep: a fresh session
-                return
-            self._renew_token(keep_data)
-
-    def _renew_token(self, keep_data: bool) -> None:
-        options = self.options
-        old = (self._token, self._id, self._signature, self._deadline, self._state)
-        token = _new_token()
-        id = options.id_prefix + token
-        if not keep_data:
-            self._deadline = (None if options.max_lifetime is None
-                              else options.clock() + options.max_lifetime)
-        self._send_cookie(token)  # raises SessionError, changing nothing, if headers are out
-        try:
-            self._deadline = self._move(old[1], id, keep_data)
-        except UnknownSession:  # the old id was not live after all: nothing to keep
-            self._token, self._id = token, id
-            self._issue()
-            return
-        except BaseException:
-            # The old session is whole: send its cookie again (the last one sent wins).
-            self._token, self._id, self._signature, self._deadline, self._state = old
-            self._send_cookie(old[0], old[2])  # type: ignore[arg-type]
-            raise
-        self._token, self._id, self._signature, self._state = token, id, None, _LIVE
-        if keep_data and self._deadline is not None and options.persistent:
-            self._send_cookie(token)  # now that the deadline is known: Expires = deadline
-
-    def _move(self, old: SessionId, new: SessionId, keep_data: bool) -> float | None:
-        """Move (or not) the data of ``old`` to ``new``, end ``old``; return the deadline."""
-        options = self.options
-        store: Any = self.store
-        expire = options.expire
-        if self._lifecycle and keep_data:
-            left = store.rename(old, new, expire)
-            return None if left is None else options.clock() + left
-        deadline = self._deadline
-        if self._lifecycle:
-            store.create(new, expire, options.max_lifetime)
-        else:
-            data = store.get_all(old, expire) if keep_data else {}
-            if options.strict:
-                data[_ISSUED_KEY] = {"deadline": deadline}
-            for key, value in data.items():  # not atomic: the six operations cannot be
-                store.set(new, key, value, expire)
-        store.delete_all(old)
-        return deadline
+        self._drive(self._regenerate(keep_data))
 
     def touch(self, *, callback: Callback | None = None) -> None:
         """Renew the expiry only (what Node's ``get()`` without a callback does)."""
         if callback is not None:
             return _call_back(callback, self.touch)  # type: ignore[no-any-return]
-        self._run("extend", (), False)
+        self._operation("extend", (), False)
 
     # -- the mapping view: each one store operation ------------------------------------
 
     def __getitem__(self, key: str) -> Any:
-        value = self._run("get", (_check_key(key),), False)
+        value = self._operation("get", (_check_key(key),), False)
         if value is None:  # the Store API returns None for a missing key (and for null)
             raise KeyError(key)
         return value
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._run("set", (_check_key(key), value), True)
+        self._operation("set", (_check_key(key), value), True)
 
     def __delitem__(self, key: str) -> None:
         # No KeyError for a missing key: finding out would be a second store operation,
         # and another request could delete it in between anyway.
-        self._run("delete", (_check_key(key),), True)
+        self._operation("delete", (_check_key(key),), True)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._run("get", (_check_key(key),), False) is not None
+        return isinstance(key, str) and self._operation(
+            "get", (_check_key(key),), False) is not None
 
     def __len__(self) -> int:
-        return len(self._run("get_all", (), False))
+        return len(self._operation("get_all", (), False))
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._run("get_all", (), False))
+        return iter(self._operation("get_all", (), False))
 
 
 # ============================================================================
