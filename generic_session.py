@@ -26,12 +26,14 @@ In a WSGI app, ``middleware(store, keys=...)(app)`` gives every request a sessio
 in ``environ[ENVIRON_KEY]`` (and ``bottle.request.session`` under Bottle).
 
 How to read this file: sections 1-6 follow one request and teach how a session
-works; sections 7 and 8 are reference, for when you pick or write a store.
+works; 7 is the same for ASGI; 8 and 9 are reference, for when you pick or write
+a store.
 
-1. Types, errors and option checks    5. Sessions (the core: no WSGI in it)
-2. Signing (Keygrip)                  6. WSGI and Bottle integration
-3. Cookies                            7. Shipped stores: Memory, SQLite, Redis
-4. The Store API                      8. Appendix: check_store, the contract
+1. Types, errors and option checks    6. WSGI and Bottle integration
+2. Signing (Keygrip)                  7. ASGI and async
+3. Cookies                            8. Shipped stores: Memory, SQLite, Redis
+4. The Store API                      9. Appendix: check_store, the contract
+5. Sessions (the core: no WSGI in it)
 
 One request, as the middleware sees it::
 
@@ -68,6 +70,7 @@ import email.utils
 import hashlib
 import hmac
 import html
+import inspect
 import json
 import math
 import os
@@ -76,7 +79,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeAlias, runtime_checkable
@@ -84,6 +87,10 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 __all__ = [
     "ENVIRON_KEY",
     "TWO_WEEKS",
+    "ASGIApp",
+    "ASGIMiddleware",
+    "AsyncGenericSession",
+    "AsyncStore",
     "Callback",
     "CookieSink",
     "Cookies",
@@ -92,14 +99,19 @@ __all__ = [
     "Keygrip",
     "LifecycleStore",
     "MemoryStore",
+    "Message",
+    "Receive",
     "RedisStore",
     "SQLiteStore",
+    "Scope",
+    "Send",
     "SessionEnded",
     "SessionError",
     "SessionId",
     "SessionOptions",
     "Store",
     "StoreError",
+    "ThreadedStore",
     "UnknownSession",
     "WSGIApp",
     "check_store",
@@ -983,6 +995,8 @@ _LIFECYCLE_TYPES: dict[type, bool] = {}
 
 def _has_lifecycle(store: object) -> bool:
     """Whether ``store`` has the optional lifecycle operations (cached by its type)."""
+    if isinstance(store, ThreadedStore):
+        return store.lifecycle
     kind = type(store)
     known = _LIFECYCLE_TYPES.get(kind)
     if known is None:
@@ -1831,7 +1845,454 @@ filter = middleware
 
 
 # ============================================================================
-# Shipped stores (MemoryStore, SQLiteStore, RedisStore)
+# 7. ASGI and async
+# ============================================================================
+#
+# The same sessions for Starlette, FastAPI and any ASGI app.  ``ASGIMiddleware``
+# is the second thin front door over the session core: it reads the cookie from
+# the scope's headers, holds ``http.response.start`` until the first body chunk
+# so that the cookie can still be added, and puts an ``AsyncGenericSession`` in
+# ``scope["session"]`` (Starlette's ``request.session``).  That session runs the
+# very plans ``GenericSession`` runs, awaiting the store instead of calling it.
+# Stores: an ``AsyncStore`` (``AsyncRedisStore``), ``MemoryStore`` (it never
+# waits on I/O, so it is called directly), or any blocking store behind
+# ``ThreadedStore``, which runs its operations in worker threads.
+
+#: An ASGI scope, message, receive and send.
+Scope: TypeAlias = dict[str, Any]
+Message: TypeAlias = dict[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """The Store API with ``async def`` methods; the lifecycle operations too, optionally,
+    with the same names and meanings as :class:`LifecycleStore`'s."""
+
+    async def get(self, id: SessionId, key: str, expire: float) -> Any:
+        """:meth:`Store.get`, awaited."""
+
+    async def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
+        """:meth:`Store.get_all`, awaited."""
+
+    async def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
+        """:meth:`Store.set`, awaited."""
+
+    async def delete(self, id: SessionId, key: str, expire: float) -> None:
+        """:meth:`Store.delete`, awaited."""
+
+    async def delete_all(self, id: SessionId) -> None:
+        """:meth:`Store.delete_all`, awaited."""
+
+    async def extend(self, id: SessionId, expire: float) -> None:
+        """:meth:`Store.extend`, awaited."""
+
+
+class ThreadedStore:
+    """A blocking store made awaitable: each operation runs in a worker thread, so that
+    the event loop goes on serving other requests while the store waits.
+
+    :param store: any store with the Store API (``SQLiteStore``, ``RedisStore``,
+        yours); its lifecycle operations, when it has them, are offered too.
+    :raises TypeError: for a store whose methods are already coroutines.
+    """
+
+    __slots__ = ("lifecycle", "store")
+
+    def __init__(self, store: Store) -> None:
+        for method in _STORE_METHODS:
+            if not callable(getattr(store, method, None)):
+                raise TypeError(f"store {store!r} has no {method}() method: see the Store API")
+        if inspect.iscoroutinefunction(store.get):
+            raise TypeError(f"{type(store).__name__} is already async: use it without "
+                            "ThreadedStore")
+        self.store = store
+        #: Whether the wrapped store has the lifecycle operations.
+        self.lifecycle = _has_lifecycle(store)
+
+    def __repr__(self) -> str:
+        return f"ThreadedStore({self.store!r})"
+
+    async def _run(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        import asyncio  # here, not at the top: 35 ms that a WSGI app never needs
+
+        return await asyncio.to_thread(getattr(self.store, name), *args, **kwargs)
+
+    async def get(self, id: SessionId, key: str, expire: float, **live: bool) -> Any:
+        """The wrapped store's ``get``, in a worker thread."""
+        return await self._run("get", id, key, expire, **live)
+
+    async def get_all(self, id: SessionId, expire: float, **live: bool) -> dict[str, Any]:
+        """The wrapped store's ``get_all``, in a worker thread."""
+        return await self._run("get_all", id, expire, **live)  # type: ignore[no-any-return]
+
+    async def set(self, id: SessionId, key: str, value: Any, expire: float,
+                  **live: bool) -> None:
+        """The wrapped store's ``set``, in a worker thread."""
+        await self._run("set", id, key, value, expire, **live)
+
+    async def delete(self, id: SessionId, key: str, expire: float, **live: bool) -> None:
+        """The wrapped store's ``delete``, in a worker thread."""
+        await self._run("delete", id, key, expire, **live)
+
+    async def delete_all(self, id: SessionId) -> None:
+        """The wrapped store's ``delete_all``, in a worker thread."""
+        await self._run("delete_all", id)
+
+    async def extend(self, id: SessionId, expire: float, **live: bool) -> None:
+        """The wrapped store's ``extend``, in a worker thread."""
+        await self._run("extend", id, expire, **live)
+
+    async def create(self, id: SessionId, expire: float, lifetime: float | None = None) -> None:
+        """The wrapped store's ``create``, in a worker thread."""
+        await self._run("create", id, expire, lifetime)
+
+    async def incr(self, id: SessionId, key: str, amount: int, expire: float,
+                   **live: bool) -> int:
+        """The wrapped store's ``incr``, in a worker thread."""
+        return await self._run("incr", id, key, amount, expire, **live)  # type: ignore[no-any-return]
+
+    async def rename(self, id: SessionId, new_id: SessionId, expire: float) -> float | None:
+        """The wrapped store's ``rename``, in a worker thread."""
+        return await self._run("rename", id, new_id, expire)  # type: ignore[no-any-return]
+
+
+_AWAITS: dict[type, bool] = {}
+
+
+def _check_async_store(store: object) -> bool:
+    """Whether the ASGI session must await ``store`` (False: call it, a MemoryStore);
+    remembered by the store's type.
+
+    :raises TypeError: for a store that would block the event loop, naming the
+        adapter that runs it in worker threads.
+    """
+    for method in _STORE_METHODS:
+        if not callable(getattr(store, method, None)):
+            raise TypeError(f"store {store!r} has no {method}() method: see the Store API")
+    if isinstance(store, MemoryStore):
+        _AWAITS[type(store)] = False  # it never waits on I/O: calling it beats a thread
+        return False
+    if not inspect.iscoroutinefunction(store.get):  # type: ignore[attr-defined]
+        raise TypeError(
+            f"{type(store).__name__} blocks on I/O and would stall the event loop: pass "
+            f"ThreadedStore({type(store).__name__}(...)) to run it in worker threads"
+            + (", or use AsyncRedisStore with a redis.asyncio client"
+               if isinstance(store, RedisStore) else ""))
+    _AWAITS[type(store)] = True
+    return True
+
+
+class AsyncGenericSession(_SessionCore):
+    """The session of one ASGI request: :class:`GenericSession`'s methods, awaited.
+
+    ``await session.get(key)``, ``get_all``, ``set``, ``incr``, ``delete``,
+    ``delete_all``, ``destroy``, ``regenerate(keep_data=True)`` and ``touch`` do
+    what the sync ones do, with the same lifecycle rules (the same plans run).
+    ``id`` and ``token`` are there once the session has been used (``await
+    session.touch()`` uses it without doing anything else); before that reading
+    them raises :class:`SessionError`, since finding out needs the store.  No
+    mapping view: ``session["k"]`` could not be awaited.
+    """
+
+    __slots__ = ("_awaits", "_lock")
+
+    @classmethod
+    def lazy(cls, store: AsyncStore | MemoryStore, options: SessionOptions, cookies: Cookies,
+             *, https: Callable[[], bool]) -> AsyncGenericSession:
+        """A session that starts when first used, as :meth:`GenericSession.lazy`'s."""
+        session = cls.__new__(cls)
+        session._bind(store, options, cookies, https)
+        return session
+
+    def _bind(self, store: Any, options: SessionOptions, cookies: Cookies,
+              https: Callable[[], bool]) -> None:
+        super()._bind(store, options, cookies, https)
+        awaits = _AWAITS.get(type(store))
+        self._awaits = _check_async_store(store) if awaits is None else awaits
+        import asyncio  # here, not at the top: 35 ms that a WSGI app never needs
+
+        # Two tasks of one request may touch a new session at once: one token only.
+        self._lock = asyncio.Lock()
+
+    async def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        result = getattr(self.store, name)(*args, **kwargs)
+        return (await result) if self._awaits else result
+
+    async def _drive(self, plan: _Plan) -> Any:
+        """Run ``plan``, awaiting each store call it asks for; one plan at a time."""
+        async with self._lock:
+            try:
+                name, args, kwargs = next(plan)
+                while True:
+                    try:
+                        result = await self._call(name, args, kwargs)
+                    except BaseException as error:  # the plan decides: it may undo, or not
+                        name, args, kwargs = plan.throw(error)
+                    else:
+                        name, args, kwargs = plan.send(result)
+            except StopIteration as done:
+                return done.value
+
+    async def _operation(self, name: str, args: tuple[Any, ...], write: bool) -> Any:
+        if self._fast(name):  # live already: one store call, no plan
+            try:
+                return await self._call(name, (self._id, *args, self.options.expire),
+                                        _LIVE_ONLY if self._lifecycle else _PLAIN)
+            except UnknownSession:
+                self._state = _ENDED  # destroyed, regenerated or expired meanwhile
+                return self._ended(name, write)
+        return await self._drive(self._operate(name, args, write))
+
+    def _known(self, what: str) -> str:
+        if self._state is not _LIVE and self._state is not _ENDED:
+            raise SessionError(f"session.{what} is not known yet: the store has not been "
+                               "asked; await any session operation first (touch() will do)")
+        return self._token if what == "token" else self._id  # type: ignore[return-value]
+
+    @property
+    def token(self) -> str:
+        """The random token in the cookie, once the session has been used."""
+        return self._known("token")
+
+    @property
+    def id(self) -> SessionId:
+        """``id_prefix + token``, once the session has been used."""
+        return self._known("id")
+
+    def __repr__(self) -> str:
+        return self._describe()
+
+    def _repr_html_(self) -> str:
+        return self._table("(not read: await session.get_all())")
+
+    async def get(self, key: str | None = None) -> Any:
+        """The value stored under ``key`` (a copy), or None; no key: :meth:`get_all`."""
+        if key is None:
+            return await self._operation("get_all", (), False)
+        return await self._operation("get", (_check_key(key),), False)
+
+    async def get_all(self) -> dict[str, Any]:
+        """All the session's data as a new dict."""
+        return await self._operation("get_all", (), False)  # type: ignore[no-any-return]
+
+    async def set(self, key: str, value: Any = None) -> None:
+        """Store ``value`` under ``key`` (see :meth:`GenericSession.set`)."""
+        await self._operation("set", (_check_key(key), value), True)
+
+    async def incr(self, key: str, amount: int = 1) -> int:
+        """Add ``amount`` to the integer under ``key`` atomically (see
+        :meth:`GenericSession.incr`)."""
+        self._check_incr(self.store, amount)
+        return await self._operation("incr", (_check_key(key), amount), True)  # type: ignore[no-any-return]
+
+    async def delete(self, key: str | None = None) -> None:
+        """Remove ``key``; with no key, :meth:`delete_all`, as in Node."""
+        if key is None:
+            await self.delete_all()
+        else:
+            await self._operation("delete", (_check_key(key),), True)
+
+    async def delete_all(self) -> None:
+        """Remove all the session's data (see :meth:`GenericSession.delete_all`)."""
+        await self._drive(self._delete_all())
+
+    async def destroy(self) -> None:
+        """Logout: end the session for good (see :meth:`GenericSession.destroy`)."""
+        await self._drive(self._destroy())
+
+    async def regenerate(self, *, keep_data: bool = True) -> None:
+        """Login: a new token (see :meth:`GenericSession.regenerate`)."""
+        await self._drive(self._regenerate(keep_data))
+
+    async def touch(self) -> None:
+        """Renew the expiry only; the session is then started and its ``id`` known."""
+        await self._operation("extend", (), False)
+
+
+def _cookie_header(scope: Scope) -> str:
+    """The request's ``Cookie`` header(s) as text (HTTP/2 may split it in several)."""
+    values = [value.decode("latin-1") for name, value in scope.get("headers", ())
+              if name == b"cookie"]
+    return "; ".join(values)
+
+
+class _ASGIResponse:
+    """Holds the app's ``http.response.start`` until its first body chunk, so that a
+    session used after the start still sends its cookie; then adds the cookies."""
+
+    __slots__ = ("_scope", "_send", "cookies", "session", "start", "started")
+
+    def __init__(self, send: Send, scope: Scope) -> None:
+        self._send = send
+        # Kept until the response starts, as the WSGI side keeps the environ.
+        self._scope: Scope | None = scope
+        self.session: AsyncGenericSession | None = None
+        self.cookies: dict[str, str] = {}
+        self.start: Message | None = None
+        self.started = False
+
+    def is_https(self) -> bool:
+        """Whether the request came over HTTPS, read when the session starts."""
+        scope = self._scope
+        return scope is not None and scope.get("scheme") in ("https", "wss")
+
+    def add_cookie(self, name: str, header: str) -> None:
+        """The session's way to send a cookie: the last one of each name goes out."""
+        if self.started:
+            raise SessionError(
+                f"cookie {name!r} cannot be sent: the response has started; use the session "
+                "before the app sends its first body chunk")
+        self.cookies[name] = header
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.start = message
+            return
+        if kind == "http.response.body" and not self.started and self.start is not None:
+            await self._send(self._with_cookies(self.start))
+        await self._send(message)
+
+    async def finish(self) -> None:
+        """Send the start the app sent with no body message after it (a bare 204, say)."""
+        if self.start is not None and not self.started:
+            await self._send(self._with_cookies(self.start))
+
+    def _with_cookies(self, start: Message) -> Message:
+        self.started = True
+        session = self.session
+        headers = list(start.get("headers", ()))
+        if self.cookies or (session is not None and session.started):
+            headers = _vary_on_cookie_bytes(headers)
+        if self.cookies:
+            if not any(name.lower() == b"cache-control" for name, _ in headers):
+                headers.append((b"cache-control", b"private"))
+            headers += [(b"set-cookie", value.encode("latin-1"))
+                        for value in self.cookies.values()]
+        self._scope = self.session = None
+        return {**start, "headers": headers}
+
+
+def _vary_on_cookie_bytes(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """:func:`_vary_on_cookie` for ASGI's byte-string headers."""
+    text = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+    return [(name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in _vary_on_cookie(text)]
+
+
+def _websocket_sink(token: str | None, cookie_name: str) -> CookieSink:
+    """Where a websocket's session "sends" its cookie: there is no response to put it in.
+
+    Re-sending the cookie it came with (or clearing it, after ``destroy``) can be
+    skipped; a new token cannot, so issuing one raises :class:`SessionError`.
+    """
+    def send(name: str, header: str) -> None:
+        value = header.partition(";")[0].partition("=")[2]
+        if name == cookie_name and value and value != token:
+            raise SessionError("a websocket cannot set a cookie: this operation needs a new "
+                               "session token; start the session over HTTP first")
+
+    return send
+
+
+async def _refuse_asgi(error: StoreError | SessionEnded, send: Send) -> None:
+    print(f"generic_session: {error}", file=sys.stderr)
+    if isinstance(error, StoreError):
+        status, body = 503, _UNAVAILABLE
+    else:
+        status, body = 400, _ENDED_BODY
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode("ascii"))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ASGIMiddleware:
+    """ASGI middleware giving each request an :class:`AsyncGenericSession` in
+    ``scope["session"]`` (Starlette's and FastAPI's ``request.session``).
+
+    ``app.add_middleware(ASGIMiddleware, store=store, keys=KEYS)`` in Starlette or
+    FastAPI, or ``ASGIMiddleware(app, store=store, keys=KEYS)`` around any ASGI app.
+    The options are :class:`SessionOptions`', with the same defaults as the WSGI
+    :func:`middleware`, and so is the behaviour: lazy sessions, ``Vary: Cookie``,
+    ``Cache-Control: private``, a plain 503 for a :class:`StoreError` and 400 for a
+    :class:`SessionEnded` that escape the app before its response started, the
+    last ``Set-Cookie`` per name.  ``lifespan`` passes through untouched; a
+    ``websocket`` gets the session of its cookie, and an operation that would
+    need a new cookie raises :class:`SessionError`.
+
+    :param store: an :class:`AsyncStore`, a :class:`MemoryStore`, or a blocking
+        store wrapped in :class:`ThreadedStore`.
+    :raises TypeError: for a bad option type, or a blocking store not wrapped.
+    :raises ValueError: for a bad option value, naming it.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        store: AsyncStore | MemoryStore | ThreadedStore,
+        *,
+        keys: Keygrip | Sequence[str | bytes] | None = None,
+        expire: float = TWO_WEEKS,
+        max_lifetime: float | None = None,
+        strict: bool = True,
+        persistent: bool = True,
+        cookie_name: str = "s",
+        id_prefix: str = "session:",
+        path: str = "/",
+        secure: bool | None = None,
+        samesite: str | None = "Lax",
+        domain: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.options = SessionOptions(
+            keys=keys, expire=expire, max_lifetime=max_lifetime, strict=strict,
+            persistent=persistent, cookie_name=cookie_name, id_prefix=id_prefix, path=path,
+            secure=secure, samesite=samesite, domain=domain, clock=clock)
+        self.options.check_store(store)
+        _check_async_store(store)
+
+    def __repr__(self) -> str:
+        return f"ASGIMiddleware({self.app!r}, store={self.store!r})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        options = self.options
+        header = _cookie_header(scope)
+        if kind == "websocket":
+            sink = _websocket_sink(_parse_cookie_header(header).get(options.cookie_name),
+                                   options.cookie_name)
+            cookies = Cookies.from_header(header, sink, options.keygrip)
+            scope["session"] = AsyncGenericSession.lazy(
+                self.store, options, cookies, https=lambda: scope.get("scheme") == "wss")
+            await self.app(scope, receive, send)
+            return
+        response = _ASGIResponse(send, scope)
+        cookies = Cookies.from_header(header, response.add_cookie, options.keygrip)
+        session = AsyncGenericSession.lazy(self.store, options, cookies,
+                                           https=response.is_https)
+        response.session = session
+        scope["session"] = session
+        try:
+            await self.app(scope, receive, response.send)
+        except (StoreError, SessionEnded) as error:
+            if response.started:
+                raise
+            await _refuse_asgi(error, send)
+            return
+        await response.finish()
+
+
+# ============================================================================
+# 8. Shipped stores (MemoryStore, SQLiteStore, RedisStore)
 # ============================================================================
 #
 # Three implementations of the Store API: in the process (``MemoryStore``), in a
@@ -2557,7 +3018,7 @@ class RedisStore:
 
 
 # ============================================================================
-# Appendix: check_store, the contract every store passes
+# 9. Appendix: check_store, the contract every store passes
 # ============================================================================
 #
 # ``check_store(store)`` runs the Store API's rules against a live store and
