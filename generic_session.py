@@ -1008,7 +1008,10 @@ def _has_lifecycle(store: object) -> bool:
 # The states of a session within one request.  A *candidate* is the token of the
 # request's cookie, well formed and signed, that the store has not confirmed yet:
 # the first store operation does (in the same round trip, with a lifecycle store).
-_UNSTARTED, _CANDIDATE, _LIVE, _ENDED = "unstarted", "candidate", "live", "ended"
+# *Cleared*: its data and id were deleted by this request, which goes on with a new
+# session if it uses it again.
+_UNSTARTED, _CANDIDATE, _LIVE, _ENDED = "not started", "candidate", "live", "ended"
+_CLEARED = "cleared"
 
 #: One store call a plan asks its driver for: ``(method name, args, keyword args)``.
 _Call: TypeAlias = tuple[str, tuple[Any, ...], dict[str, Any]]
@@ -1156,7 +1159,10 @@ class _SessionCore:
 
     def _start(self) -> _Plan:
         """Read the cookie's token as a candidate (strict), adopt it (Node's way), or
-        issue a new session when the cookie holds none."""
+        issue a new session when the cookie holds none (or was cleared)."""
+        if self._state is _CLEARED:
+            yield from self._issue()
+            return
         if self._state is not _UNSTARTED:
             return
         token, signature = self._read_token()
@@ -1255,16 +1261,22 @@ class _SessionCore:
         return result
 
     def _delete_all(self) -> _Plan:
-        if self._state is _UNSTARTED or self._state is _CANDIDATE:
-            yield from self._confirm()
-        if self._state is _ENDED:
+        if not self.options.strict:  # Node's: the id stays, now empty
+            yield from self._start()
+            yield "delete_all", (self._id,), _PLAIN
+            return
+        if self._state is _UNSTARTED:
+            token, _ = self._read_token()  # no need to ask the store: it goes either way
+            if token is not None:
+                self._token, self._id = token, self.options.id_prefix + token
+                self._state = _CANDIDATE
+        if self._state is not _CANDIDATE and self._state is not _LIVE:
             return
         yield "delete_all", (self._id,), _PLAIN
-        if self.options.strict:
-            # The id is no longer live: other requests of the session find it ended,
-            # while this one, which asked for it, goes on with a fresh session at its
-            # next operation (as the next request would).
-            self._state = _CANDIDATE
+        # The id is no longer live: other requests of the session find it ended, while
+        # this one, which asked for it, goes on with a fresh session at its next
+        # operation (as the next request would).
+        self._state = _CLEARED
 
     def _destroy(self) -> _Plan:
         if self._state is _UNSTARTED:

@@ -103,35 +103,39 @@ def routes(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
 
 
 class CountingStore(MemoryStore):
-    """The real MemoryStore, recording the name of every Store API call made on it."""
+    """The real MemoryStore, recording the name of every store call made on it."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.calls: list[str] = []
 
-    def get(self, id: str, key: str, expire: float) -> Any:
+    def get(self, id: str, key: str, expire: float, **live: bool) -> Any:
         self.calls.append("get")
-        return super().get(id, key, expire)
+        return super().get(id, key, expire, **live)
 
-    def get_all(self, id: str, expire: float) -> dict[str, Any]:
+    def get_all(self, id: str, expire: float, **live: bool) -> dict[str, Any]:
         self.calls.append("get_all")
-        return super().get_all(id, expire)
+        return super().get_all(id, expire, **live)
 
-    def set(self, id: str, key: str, value: Any, expire: float) -> None:
+    def set(self, id: str, key: str, value: Any, expire: float, **live: bool) -> None:
         self.calls.append("set")
-        super().set(id, key, value, expire)
+        super().set(id, key, value, expire, **live)
 
-    def delete(self, id: str, key: str, expire: float) -> None:
+    def delete(self, id: str, key: str, expire: float, **live: bool) -> None:
         self.calls.append("delete")
-        super().delete(id, key, expire)
+        super().delete(id, key, expire, **live)
 
     def delete_all(self, id: str) -> None:
         self.calls.append("delete_all")
         super().delete_all(id)
 
-    def extend(self, id: str, expire: float) -> None:
+    def extend(self, id: str, expire: float, **live: bool) -> None:
         self.calls.append("extend")
-        super().extend(id, expire)
+        super().extend(id, expire, **live)
+
+    def create(self, id: str, expire: float, lifetime: float | None = None) -> None:
+        self.calls.append("create")
+        super().create(id, expire, lifetime)
 
 
 def set_cookies(response: TestResponse) -> list[tuple[str, str, dict[str, str]]]:
@@ -232,19 +236,20 @@ def test_deleting_each_key_leaves_the_others_until_none_is_left(client: TestApp)
     assert client.get("/getall").json["data"] == {}
 
 
-def test_delete_all_empties_the_session_but_keeps_the_cookie_and_id(
+def test_delete_all_empties_the_session_and_a_later_use_goes_on_in_a_fresh_one(
     client: TestApp, keys: list[str] | None
 ) -> None:
     id = client.get("/set/str", {"value": json.dumps(STR)}).json["id"]
     client.get("/set/obj", {"value": json.dumps(OBJ)})
-    token = client.cookies["s"]
 
-    response = client.get("/delall")
+    response = client.get("/delall")  # the route reads session.id after delete_all
 
-    assert response.json == {"id": id, "ok": True}
-    assert cookie(response, "s")[0] == token  # re-sent, not cleared
+    new_id = response.json["id"]
+    assert new_id != id  # the old id ended; reading the id used the session again
+    token = new_id.removeprefix("session:")
+    assert cookie(response, "s")[0] == token
     check_signature(response, keys, token)
-    assert client.get("/getall").json == {"id": id, "data": {}}
+    assert client.get("/getall").json == {"id": new_id, "data": {}}
     assert client.cookies["s"] == token
 
 
@@ -315,29 +320,55 @@ def test_showing_an_untouched_session_does_not_start_it(
 
 
 @pytest.mark.parametrize("route", ["/id", "/token"])
-def test_reading_the_id_or_token_starts_the_session_without_store_access(
+def test_reading_the_id_or_token_issues_the_session_with_one_store_write(
     client: TestApp, store: CountingStore, route: str
 ) -> None:
     response = client.get(route)
 
     token, _ = cookie(response, "s")
     assert token in next(iter(response.json.values()))
-    assert store.calls == []
+    assert store.calls == ["create"]  # strict: the store learns what was issued
+
+
+@pytest.mark.parametrize("route", ["/id", "/token"])
+def test_reading_the_id_of_an_established_session_asks_the_store_once(
+    client: TestApp, store: CountingStore, route: str
+) -> None:
+    client.get("/set/k", {"value": "1"})
+    store.calls.clear()
+
+    response = client.get(route)
+
+    assert cookie(response, "s")[0] in next(iter(response.json.values()))
+    assert store.calls == ["extend"]  # is it live? (and the idle expiry renewed)
 
 
 @pytest.mark.parametrize(
     ("route", "calls"),
     [("/get/k", ["get"]), ("/getall", ["get_all"]), ("/set/k?value=1", ["set"]),
-     ("/del/k", ["delete"]), ("/delall", ["delete_all"]), ("/touch", ["extend"]),
+     ("/del/k", ["delete"]), ("/delall", ["delete_all", "create"]), ("/touch", ["extend"]),
      ("/destroy", ["delete_all"])],
 )
-def test_each_method_makes_exactly_one_store_call(
+def test_each_method_of_an_established_session_makes_exactly_one_store_call(
     client: TestApp, store: CountingStore, route: str, calls: list[str]
 ) -> None:
+    client.get("/set/x", {"value": "1"})
+    store.calls.clear()
+
     response = client.get(route)
 
+    # Strict ids cost no call of their own: the operation itself says "live".
+    # (/delall reads the id afterwards: that issues a fresh session.)
     assert store.calls == calls
     assert "s" in [name for name, _, _ in set_cookies(response)]
+
+
+def test_a_new_visitors_first_operation_issues_the_session_then_makes_its_call(
+    client: TestApp, store: CountingStore,
+) -> None:
+    client.get("/set/k", {"value": "1"})
+
+    assert store.calls == ["create", "set"]
 
 
 def test_a_touched_session_is_resent_with_a_sliding_expiry(keys: list[str] | None) -> None:
@@ -417,7 +448,8 @@ def test_a_bottle_app_on_a_dead_store_answers_503_in_plain_text(dead_store: Redi
     assert "Traceback" not in response.text
     assert "Set-Cookie" not in response.headers  # no cookie for a session that failed
     # The cause goes to the server's error log, naming the store's address.
-    assert f"generic_session: RedisStore at {dead_store.address}: get failed" in response.errors
+    assert re.search(rf"generic_session: RedisStore at {re.escape(dead_store.address)}: "
+                     r"\w+ failed", response.errors)
 
 
 def test_a_plain_wsgi_app_on_a_dead_store_answers_503(dead_store: RedisStore) -> None:
@@ -730,8 +762,9 @@ def test_a_lazy_body_iterated_to_the_end_sends_the_cookie_and_is_closed_once() -
     assert [body.closed for body in bodies] == [1]
     [(status, headers)] = server.responses
     assert status == "200 OK"
-    assert sorted(name for name, _ in headers) == ["Content-Type", "Set-Cookie", "Vary"]
-    assert store.calls == ["set"]
+    assert sorted(name for name, _ in headers) == ["Cache-Control", "Content-Type", "Set-Cookie",
+                                                   "Vary"]
+    assert store.calls == ["create", "set"]
 
 
 def session_then_chunks(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
@@ -854,7 +887,8 @@ def test_start_response_again_with_exc_info_before_the_body_replaces_the_status(
     assert chunks == [b"error page"]
     [(status, headers)] = server.responses  # the server only ever saw the error
     assert status == "500 Internal Server Error"
-    assert sorted(name for name, _ in headers) == ["Content-Type", "Set-Cookie", "Vary"]
+    assert sorted(name for name, _ in headers) == ["Cache-Control", "Content-Type", "Set-Cookie",
+                                                   "Vary"]
     assert ("Content-Type", "text/plain") in headers  # the error's headers, not the page's
     [token] = [parse_set_cookie(value)[1] for name, value in headers if name == "Set-Cookie"]
     assert store.get("session:" + token, "k", 60) == "v"
