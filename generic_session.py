@@ -87,7 +87,6 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 __all__ = [
     "ENVIRON_KEY",
     "TWO_WEEKS",
-    "ASGIApp",
     "ASGIMiddleware",
     "AsyncGenericSession",
     "AsyncStore",
@@ -99,12 +98,8 @@ __all__ = [
     "Keygrip",
     "LifecycleStore",
     "MemoryStore",
-    "Message",
-    "Receive",
     "RedisStore",
     "SQLiteStore",
-    "Scope",
-    "Send",
     "SessionEnded",
     "SessionError",
     "SessionId",
@@ -1870,12 +1865,12 @@ filter = middleware
 # waits on I/O, so it is called directly), or any blocking store behind
 # ``ThreadedStore``, which runs its operations in worker threads.
 
-#: An ASGI scope, message, receive and send.
-Scope: TypeAlias = dict[str, Any]
-Message: TypeAlias = dict[str, Any]
-Receive: TypeAlias = Callable[[], Awaitable[Message]]
-Send: TypeAlias = Callable[[Message], Awaitable[None]]
-ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+# An ASGI scope, message, receive and send (private: for the signatures here).
+_Scope: TypeAlias = dict[str, Any]
+_Message: TypeAlias = dict[str, Any]
+_Receive: TypeAlias = Callable[[], Awaitable[_Message]]
+_Send: TypeAlias = Callable[[_Message], Awaitable[None]]
+_ASGIApp: TypeAlias = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
 
 
 @runtime_checkable
@@ -2124,7 +2119,7 @@ class AsyncGenericSession(_SessionCore):
         await self._operation("extend", (), False)
 
 
-def _cookie_header(scope: Scope) -> str:
+def _cookie_header(scope: _Scope) -> str:
     """The request's ``Cookie`` header(s) as text (HTTP/2 may split it in several)."""
     values = [value.decode("latin-1") for name, value in scope.get("headers", ())
               if name == b"cookie"]
@@ -2137,13 +2132,13 @@ class _ASGIResponse:
 
     __slots__ = ("_scope", "_send", "cookies", "session", "start", "started")
 
-    def __init__(self, send: Send, scope: Scope) -> None:
+    def __init__(self, send: _Send, scope: _Scope) -> None:
         self._send = send
         # Kept until the response starts, as the WSGI side keeps the environ.
-        self._scope: Scope | None = scope
+        self._scope: _Scope | None = scope
         self.session: AsyncGenericSession | None = None
         self.cookies: dict[str, str] = {}
-        self.start: Message | None = None
+        self.start: _Message | None = None
         self.started = False
 
     def is_https(self) -> bool:
@@ -2159,7 +2154,7 @@ class _ASGIResponse:
                 "before the app sends its first body chunk")
         self.cookies[name] = header
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: _Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.start = message
@@ -2173,7 +2168,7 @@ class _ASGIResponse:
         if self.start is not None and not self.started:
             await self._send(self._with_cookies(self.start))
 
-    def _with_cookies(self, start: Message) -> Message:
+    def _with_cookies(self, start: _Message) -> _Message:
         self.started = True
         session = self.session
         headers = list(start.get("headers", ()))
@@ -2210,7 +2205,7 @@ def _websocket_sink(token: str | None, cookie_name: str) -> CookieSink:
     return send
 
 
-async def _refuse_asgi(error: StoreError | SessionEnded, send: Send) -> None:
+async def _refuse_asgi(error: StoreError | SessionEnded, send: _Send) -> None:
     print(f"generic_session: {error}", file=sys.stderr)
     if isinstance(error, StoreError):
         status, body = 503, _UNAVAILABLE
@@ -2244,7 +2239,7 @@ class ASGIMiddleware:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: _ASGIApp,
         store: AsyncStore | MemoryStore | ThreadedStore,
         *,
         keys: Keygrip | Sequence[str | bytes] | None = None,
@@ -2272,7 +2267,7 @@ class ASGIMiddleware:
     def __repr__(self) -> str:
         return f"ASGIMiddleware({self.app!r}, store={self.store!r})"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
@@ -2321,6 +2316,8 @@ _PIPELINE_PREFIX = re.compile(r"\ACommand # \d+ \(.*\) of pipeline caused error:
 # Redis itself quotes arguments in a few replies ("ERR unknown command 'X', with args
 # beginning with: 'session:<token>' "): what follows this is cut.
 _QUOTED_ARGS = ", with args beginning with:"
+# What Redis adds to an error raised inside a script: which script, which line.
+_SCRIPT_SUFFIX = re.compile(r"\s*script: [0-9a-f]+, on @user_script:\d+\.?\s*\Z")
 # A shorter secret is left in: cutting "1" out of "Error 111 connecting" helps nobody.
 _MIN_REDACTED = 8
 
@@ -2336,6 +2333,7 @@ def _redacted_message(error: BaseException, secret: Iterable[str]) -> str:
     """
     message = _PIPELINE_PREFIX.sub("", str(error), count=1)
     message = message.split(_QUOTED_ARGS, 1)[0]
+    message = _SCRIPT_SUFFIX.sub("", message)
     for text in secret:
         if len(text) >= _MIN_REDACTED:
             message = message.replace(text, "<redacted>")
@@ -2392,6 +2390,53 @@ def _sanitised_copy(error: BaseException, message: str) -> BaseException | None:
         return None
 
 
+#: ``incr`` keeps to Redis' range (HINCRBY's): a signed 64-bit integer.
+_INT64 = range(-(2**63), 2**63)
+_JSON_KINDS = {str: "string", float: "number with a fraction or exponent", bool: "boolean",
+               list: "array", dict: "object", type(None): "null"}
+
+
+def _check_amount(where: str, key: str, amount: object) -> int:
+    """``amount`` if it is an int (a bool is no amount), else TypeError naming the key."""
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        raise TypeError(f"{where}: incr of key {key!r} needs an int amount, "
+                        f"got {type(amount).__name__}")
+    return amount
+
+
+def _incremented(where: str, key: str, stored: str | bytes | None, amount: int) -> int:
+    """The sum ``incr`` stores: the integer ``stored`` as JSON text (None: 0) plus ``amount``.
+
+    Raises before the caller changes anything: TypeError when the stored value is
+    not a JSON integer, ValueError when the sum leaves ``_INT64``, StoreError when it
+    is not JSON at all.  The messages name the key, never the value.
+    """
+    current: Any = 0
+    if stored is not None:
+        failure = None
+        try:
+            current = decode_json(stored)
+        except ValueError:
+            failure = _not_json(where, "incr", [(key, stored)])
+        if failure is not None:  # out of the except block: the decode error holds the value
+            raise failure
+        if type(current) is not int:
+            raise TypeError(
+                f"{where}: incr found a JSON {_JSON_KINDS.get(type(current), 'value')} under "
+                f"key {key!r}, not an integer; nothing was changed"
+            )
+    total: int = current + amount
+    if total not in _INT64:
+        raise ValueError(f"{where}: incr of key {key!r} would leave the signed 64-bit range; "
+                         "nothing was changed")
+    return total
+
+
+def _unknown(where: str, op: str) -> UnknownSession:
+    """The UnknownSession of a live ``op``: names the store and the operation, not the id."""
+    return UnknownSession(f"{where}: {op}(live=True) found no live session; nothing was changed")
+
+
 
 # What a MemoryStore counts, in bytes, measured with tracemalloc on CPython 3.11 (x86-64)
 # for 20,000 sessions (tests/test_store_defects.py checks it still holds within 1.5x):
@@ -2414,14 +2459,21 @@ def _key_size(key: str, text: str) -> int:
 
 
 class _MemoryEntry:
-    """One session in a MemoryStore: JSON text per key, its expiry and its size in bytes."""
+    """One session in a MemoryStore: JSON text per key, its expiry, size and deadline.
 
-    __slots__ = ("data", "expires_at", "size")
+    ``deadline`` is the lifecycle's own data, an attribute beside ``data`` so no
+    user key can reach it: None for a session the plain operations made (not
+    live), the epoch of ``create`` plus its lifetime for a live one (``math.inf``
+    when it has none).
+    """
 
-    def __init__(self, size: int) -> None:
+    __slots__ = ("data", "deadline", "expires_at", "size")
+
+    def __init__(self, size: int, deadline: float | None = None) -> None:
         self.data: dict[str, str] = {}
         self.expires_at = 0.0
         self.size = size
+        self.deadline = deadline
 
     @staticmethod
     def size_of(entry: _MemoryEntry) -> int:
@@ -2437,7 +2489,9 @@ class MemoryStore:
     text as a Python str and a slot (``size`` in the repr is this count).  Past
     ``max_size`` the least recently used sessions are evicted.
     Unlike Node's, this store honours ``expire`` (capped at ``max_age``), so it
-    passes :func:`check_store` like every other store.
+    passes :func:`check_store` like every other store.  It has the lifecycle
+    operations (:class:`LifecycleStore`): a live session's deadline is kept beside
+    its data, never among its keys, and every renewal stops at it.
 
     :param max_size: about how many bytes of memory all the sessions may take (64 MiB).
     :param max_age: the longest a session lives unused, in seconds (two weeks).
@@ -2487,67 +2541,85 @@ class MemoryStore:
             return None
         return entry
 
-    def _renew(self, entry: _MemoryEntry, now: float, expire: float) -> None:
-        entry.expires_at = now + min(expire, self.max_age)
+    def _entry(self, id: SessionId, now: float, live: bool, op: str) -> _MemoryEntry | None:
+        """``_live``, and with ``live`` UnknownSession unless ``create`` made the session."""
+        entry = self._live(id, now)
+        if live and (entry is None or entry.deadline is None):
+            raise _unknown("MemoryStore", op)
+        return entry
 
-    def get(self, id: SessionId, key: str, expire: float) -> Any:
+    def _renew(self, entry: _MemoryEntry, now: float, expire: float) -> None:
+        # Renewal is one float store under the lock already held: the renewal slack
+        # the SQLite store uses would buy nothing here.  Never past the deadline: the
+        # expiry alone then ends the session there, and _live needs no second test.
+        expires_at = now + min(expire, self.max_age)
+        deadline = entry.deadline
+        entry.expires_at = expires_at if deadline is None or expires_at < deadline else deadline
+
+    def get(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> Any:
         """Return a copy of the value of ``key``, or None."""
         now = self._clock()
         with self._lock:
-            entry = self._live(id, now)
+            entry = self._entry(id, now, live, "get")
             if entry is None:
                 return None
             self._renew(entry, now, expire)
             text = entry.data.get(key)
         return None if text is None else decode_json(text)
 
-    def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
+    def get_all(self, id: SessionId, expire: float, *, live: bool = False) -> dict[str, Any]:
         """Return a copy of all the session's data."""
         now = self._clock()
         with self._lock:
-            entry = self._live(id, now)
+            entry = self._entry(id, now, live, "get_all")
             if entry is None:
                 return {}
             self._renew(entry, now, expire)
             items = list(entry.data.items())
         return {key: decode_json(text) for key, text in items}
 
-    def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
+    def set(self, id: SessionId, key: str, value: Any, expire: float, *,
+            live: bool = False) -> None:
         """Store ``value`` under ``key``; evict least recently used sessions if full."""
         text = encode_json(key, value)
         now = self._clock()
         with self._lock:
-            entry = self._live(id, now)
-            if entry is None:
-                entry = _MemoryEntry(_SESSION_OVERHEAD + sys.getsizeof(id))
-            old = entry.data.get(key)
-            size = entry.size + _key_size(key, text)
-            if old is not None:
-                size -= _key_size(key, old)
-            if size > self.max_size:  # the value is at fault, not the store: no StoreError
-                raise ValueError(
-                    f"MemoryStore: session data would be {size} bytes with key {key!r}, "
-                    f"over max_size={self.max_size}; nothing was stored"
-                )
-            entry.data[key] = text
-            self._renew(entry, now, expire)
-            if size != entry.size or old is None:
-                entry.size = size
-                # Setting it (again) records the size, and evicts other sessions if needed.
-                self._cache[id] = entry
+            self._put(id, self._entry(id, now, live, "set"), key, text, now, expire)
 
-    def delete(self, id: SessionId, key: str, expire: float) -> None:
+    def _put(self, id: SessionId, entry: _MemoryEntry | None, key: str, text: str, now: float,
+             expire: float) -> None:
+        """Store JSON ``text`` under ``key`` of ``entry`` (None: a new plain session); lock held."""
+        if entry is None:
+            entry = _MemoryEntry(_SESSION_OVERHEAD + sys.getsizeof(id))
+        old = entry.data.get(key)
+        size = entry.size + _key_size(key, text)
+        if old is not None:
+            size -= _key_size(key, old)
+        if size > self.max_size:  # the value is at fault, not the store: no StoreError
+            raise ValueError(
+                f"MemoryStore: session data would be {size} bytes with key {key!r}, "
+                f"over max_size={self.max_size}; nothing was stored"
+            )
+        entry.data[key] = text
+        self._renew(entry, now, expire)
+        if size != entry.size or old is None:
+            entry.size = size
+            # Setting it (again) records the size, and evicts other sessions if needed.
+            self._cache[id] = entry
+
+    def delete(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> None:
         """Remove ``key`` from the session."""
         now = self._clock()
         with self._lock:
-            entry = self._live(id, now)
+            entry = self._entry(id, now, live, "delete")
             if entry is None:
                 return
             self._renew(entry, now, expire)
             old = entry.data.pop(key, None)
             if old is None:
                 return
-            if not entry.data:  # an empty session is no session, as in Redis
+            # An empty plain session is no session, as in Redis; a live one stays live.
+            if not entry.data and entry.deadline is None:
                 del self._cache[id]
                 return
             entry.size -= _key_size(key, old)
@@ -2558,19 +2630,63 @@ class MemoryStore:
         with self._lock:
             self._cache.pop(id, None)
 
-    def extend(self, id: SessionId, expire: float) -> None:
+    def extend(self, id: SessionId, expire: float, *, live: bool = False) -> None:
         """Renew the session's expiry, if it exists."""
         now = self._clock()
         with self._lock:
-            entry = self._live(id, now)
+            entry = self._entry(id, now, live, "extend")
             if entry is not None:
                 self._renew(entry, now, expire)
 
+    def create(self, id: SessionId, expire: float, lifetime: float | None = None) -> None:
+        """Make ``id`` a live session with no data, ending at ``lifetime`` seconds from now."""
+        now = self._clock()
+        entry = _MemoryEntry(_SESSION_OVERHEAD + sys.getsizeof(id),
+                             math.inf if lifetime is None else now + lifetime)
+        with self._lock:
+            self._cache.pop(id, None)  # whatever it held is gone
+            self._renew(entry, now, expire)
+            self._cache[id] = entry
 
+    def incr(self, id: SessionId, key: str, amount: int, expire: float, *,
+             live: bool = False) -> int:
+        """Add ``amount`` to the integer under ``key`` (missing: 0); return the sum."""
+        _check_amount("MemoryStore", key, amount)
+        now = self._clock()
+        with self._lock:  # one lock for the read and the write: no other incr between
+            entry = self._entry(id, now, live, "incr")
+            stored = None if entry is None else entry.data.get(key)
+            total = _incremented("MemoryStore", key, stored, amount)
+            self._put(id, entry, key, int.__repr__(total), now, expire)
+        return total
+
+    def rename(self, id: SessionId, new_id: SessionId, expire: float) -> float | None:
+        """Move the live session ``id`` (data and deadline) to ``new_id``; end ``id``."""
+        now = self._clock()
+        with self._lock:
+            entry = self._entry(id, now, True, "rename")
+            assert entry is not None  # _entry raised otherwise
+            if new_id != id:
+                del self._cache[id]
+                self._cache.pop(new_id, None)  # whatever it held is gone
+                entry.size += sys.getsizeof(new_id) - sys.getsizeof(id)
+                self._cache[new_id] = entry
+            self._renew(entry, now, expire)
+            deadline = entry.deadline
+        return None if deadline is None or deadline == math.inf else deadline - now
+
+
+# The lifecycle's own data are columns of session_expiry, beside the user's keys
+# (rows of session_data), so no key can collide with them: ``live`` is 1 for a
+# session made by ``create``, ``deadline`` the epoch it ends at however active it
+# is (NULL: none).  A file made before these columns gets them on opening
+# (_SQLITE_COLUMNS); code that does not know them still reads and writes the file.
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS session_expiry (
     id TEXT PRIMARY KEY,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    live INTEGER NOT NULL DEFAULT 0,
+    deadline REAL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS session_expiry_expires_at ON session_expiry (expires_at);
 CREATE TABLE IF NOT EXISTS session_data (
@@ -2580,12 +2696,19 @@ CREATE TABLE IF NOT EXISTS session_data (
     PRIMARY KEY (id, key)
 ) WITHOUT ROWID;
 """
-# Renew a session that is still alive; the row count says whether it was.
-_SQL_RENEW = "UPDATE session_expiry SET expires_at = ? WHERE id = ? AND expires_at > ?"
+#: The columns added since the first schema, added by ALTER TABLE to an older file.
+_SQLITE_COLUMNS = (("live", "INTEGER NOT NULL DEFAULT 0"), ("deadline", "REAL"))
+# Renew a session that is still alive, never past its deadline; the row count says
+# whether it was alive.  Parameters: (now + expire, now + expire, id, now).
+_SQL_RENEW = ("UPDATE session_expiry SET expires_at = min(?, coalesce(deadline, ?)) "
+              "WHERE id = ? AND expires_at > ?")
+_SQL_RENEW_LIVE = _SQL_RENEW + " AND live = 1"
 # Values are read as bytes (decode_json decodes them): a TEXT column that is not UTF-8
 # would otherwise fail inside sqlite3 with an error quoting the stored value.
 _SQL_VALUE = "SELECT CAST(value AS BLOB) FROM session_data WHERE id = ? AND key = ?"
 _SQL_ITEMS = "SELECT key, CAST(value AS BLOB) FROM session_data WHERE id = ?"
+_SQL_UPSERT_VALUE = ("INSERT INTO session_data (id, key, value) VALUES (?, ?, ?) "
+                     "ON CONFLICT (id, key) DO UPDATE SET value = excluded.value")
 # The same few expired sessions, picked by the expiry index, for both deletes of one sweep.
 _SQL_EXPIRED = "SELECT id FROM session_expiry WHERE expires_at <= ? ORDER BY expires_at LIMIT ?"
 
@@ -2655,6 +2778,10 @@ class SQLiteStore:
         with self._transaction("open") as db:
             for statement in _SQLITE_SCHEMA.split(";")[:-1]:  # not executescript: it commits
                 db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(session_expiry)")}
+            for name, kind in _SQLITE_COLUMNS:  # a file made before the lifecycle columns
+                if name not in columns:
+                    db.execute(f"ALTER TABLE session_expiry ADD COLUMN {name} {kind}")
 
     def __repr__(self) -> str:
         # No query here: error reporters call repr() on every local variable.
@@ -2762,11 +2889,34 @@ class SQLiteStore:
         db.execute(f"DELETE FROM session_data WHERE id IN ({_SQL_EXPIRED})", batch)
         db.execute(f"DELETE FROM session_expiry WHERE id IN ({_SQL_EXPIRED})", batch)
 
-    def get(self, id: SessionId, key: str, expire: float) -> Any:
+    def _renew(self, db: sqlite3.Connection, id: SessionId, now: float, expire: float,
+               live: bool, op: str) -> bool:
+        """Renew a session still alive (never past its deadline); whether it was.  With
+        ``live``: UnknownSession, changing nothing, unless ``create`` made it."""
+        renewed = db.execute(_SQL_RENEW_LIVE if live else _SQL_RENEW,
+                             (now + expire, now + expire, id, now)).rowcount
+        if live and not renewed:
+            raise _unknown(self._where, op)
+        return bool(renewed)
+
+    def _open_plain(self, db: sqlite3.Connection, id: SessionId, now: float,
+                    expire: float) -> None:
+        """Make sure a plain write has a session row to write under, as Node's ``set`` does."""
+        # An expired session that was not swept yet must not come back to life, its
+        # data nor its liveness.
+        db.execute("DELETE FROM session_data WHERE id = ? AND EXISTS (SELECT 1 FROM "
+                   "session_expiry WHERE id = ? AND expires_at <= ?)", (id, id, now))
+        db.execute("DELETE FROM session_expiry WHERE id = ? AND expires_at <= ?", (id, now))
+        db.execute(
+            "INSERT INTO session_expiry (id, expires_at) VALUES (?, ?) ON CONFLICT (id) DO "
+            "UPDATE SET expires_at = min(excluded.expires_at, coalesce(deadline, "
+            "excluded.expires_at))", (id, now + expire))
+
+    def get(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> Any:
         """Return a copy of the value of ``key``, or None."""
         now = self._clock()
         with self._transaction("get") as db:
-            if not db.execute(_SQL_RENEW, (now + expire, id, now)).rowcount:
+            if not self._renew(db, id, now, expire, live, "get"):
                 return None
             row = db.execute(_SQL_VALUE, (id, key)).fetchone()
         if row is None:
@@ -2777,11 +2927,11 @@ class SQLiteStore:
             failure = _not_json(self._where, "get", [(key, row[0])])
         raise failure  # out of the except block: the decode error (holding the value) is dropped
 
-    def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
+    def get_all(self, id: SessionId, expire: float, *, live: bool = False) -> dict[str, Any]:
         """Return a copy of all the session's data."""
         now = self._clock()
         with self._transaction("get_all") as db:
-            if not db.execute(_SQL_RENEW, (now + expire, id, now)).rowcount:
+            if not self._renew(db, id, now, expire, live, "get_all"):
                 return {}
             rows = db.execute(_SQL_ITEMS, (id,)).fetchall()
         try:
@@ -2790,33 +2940,24 @@ class SQLiteStore:
             failure = _not_json(self._where, "get_all", rows)
         raise failure
 
-    def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
+    def set(self, id: SessionId, key: str, value: Any, expire: float, *,
+            live: bool = False) -> None:
         """Store ``value`` under ``key``: one upsert of one row, and the expiry."""
         text = encode_json(key, value)
         now = self._clock()
         with self._transaction("set") as db:
-            # An expired session that was not swept yet must not come back to life.
-            db.execute(
-                "DELETE FROM session_data WHERE id = ? AND EXISTS (SELECT 1 FROM session_expiry "
-                "WHERE id = ? AND expires_at <= ?)", (id, id, now),
-            )
-            db.execute(
-                "INSERT INTO session_expiry (id, expires_at) VALUES (?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
-                (id, now + expire),
-            )
-            db.execute(
-                "INSERT INTO session_data (id, key, value) VALUES (?, ?, ?) "
-                "ON CONFLICT (id, key) DO UPDATE SET value = excluded.value",
-                (id, key, text),
-            )
+            if live:
+                self._renew(db, id, now, expire, True, "set")
+            else:
+                self._open_plain(db, id, now, expire)
+            db.execute(_SQL_UPSERT_VALUE, (id, key, text))
             self._sweep(db, now)
 
-    def delete(self, id: SessionId, key: str, expire: float) -> None:
+    def delete(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> None:
         """Remove ``key`` from the session."""
         now = self._clock()
         with self._transaction("delete") as db:
-            db.execute(_SQL_RENEW, (now + expire, id, now))
+            self._renew(db, id, now, expire, live, "delete")
             db.execute("DELETE FROM session_data WHERE id = ? AND key = ?", (id, key))
             self._sweep(db, now)
 
@@ -2826,11 +2967,61 @@ class SQLiteStore:
             db.execute("DELETE FROM session_data WHERE id = ?", (id,))
             db.execute("DELETE FROM session_expiry WHERE id = ?", (id,))
 
-    def extend(self, id: SessionId, expire: float) -> None:
+    def extend(self, id: SessionId, expire: float, *, live: bool = False) -> None:
         """Renew the session's expiry, if it exists."""
         now = self._clock()
         with self._transaction("extend") as db:
-            db.execute(_SQL_RENEW, (now + expire, id, now))
+            self._renew(db, id, now, expire, live, "extend")
+
+    def create(self, id: SessionId, expire: float, lifetime: float | None = None) -> None:
+        """Make ``id`` a live session with no data, ending ``lifetime`` seconds from now."""
+        now = self._clock()
+        deadline = None if lifetime is None else now + lifetime
+        with self._transaction("create") as db:
+            db.execute("DELETE FROM session_data WHERE id = ?", (id,))
+            db.execute("DELETE FROM session_expiry WHERE id = ?", (id,))
+            db.execute("INSERT INTO session_expiry (id, expires_at, live, deadline) "
+                       "VALUES (?, min(?, coalesce(?, ?)), 1, ?)",
+                       (id, now + expire, deadline, now + expire, deadline))
+            self._sweep(db, now)
+
+    def incr(self, id: SessionId, key: str, amount: int, expire: float, *,
+             live: bool = False) -> int:
+        """Add ``amount`` to the integer under ``key`` (missing: 0); return the sum.
+
+        One ``BEGIN IMMEDIATE`` transaction reads and writes: no other writer between.
+        """
+        _check_amount(self._where, key, amount)
+        now = self._clock()
+        with self._transaction("incr") as db:
+            if live:
+                self._renew(db, id, now, expire, True, "incr")
+            else:
+                self._open_plain(db, id, now, expire)
+            row = db.execute(_SQL_VALUE, (id, key)).fetchone()
+            total = _incremented(self._where, key, None if row is None else row[0], amount)
+            db.execute(_SQL_UPSERT_VALUE, (id, key, int.__repr__(total)))
+        return total
+
+    def rename(self, id: SessionId, new_id: SessionId, expire: float) -> float | None:
+        """Move the live session ``id`` (data and deadline) to ``new_id``; end ``id``.
+
+        One transaction: no other connection sees the session half-moved.
+        """
+        now = self._clock()
+        with self._transaction("rename") as db:
+            row = db.execute("SELECT deadline FROM session_expiry WHERE id = ? AND "
+                             "expires_at > ? AND live = 1", (id, now)).fetchone()
+            if row is None:
+                raise _unknown(self._where, "rename")
+            if new_id != id:
+                db.execute("DELETE FROM session_data WHERE id = ?", (new_id,))
+                db.execute("DELETE FROM session_expiry WHERE id = ?", (new_id,))
+                db.execute("UPDATE session_data SET id = ? WHERE id = ?", (new_id, id))
+                db.execute("UPDATE session_expiry SET id = ? WHERE id = ?", (new_id, id))
+            self._renew(db, new_id, now, expire, True, "rename")
+        deadline = row[0]
+        return None if deadline is None else deadline - now
 
     def close(self) -> None:
         """Close the pooled connections; those lent out close when they come back.
@@ -2923,8 +3114,9 @@ class RedisStore:
     """A store on Redis, for sessions shared by many servers; Redis' expiry cleans up.
 
     Each session is one Redis hash (one key, so it works on a cluster), a field
-    per session key holding JSON text.  Every write and its expiry renewal go in
-    one MULTI/EXEC transaction, so they happen together or not at all.
+    per session key holding JSON text.  Every operation is one server-side script
+    (one EVALSHA: one round trip, atomic), the expiry renewal and the lifecycle's
+    checks included; the lifecycle's own field cannot collide with any key.
 
     :param client: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` the app
         already has (set its ``socket_timeout``: a store that hangs hangs requests).
@@ -2942,6 +3134,8 @@ class RedisStore:
         self.prefix = prefix
         self.address = _redis_address(client)
         self._where = f"RedisStore at {self.address}"
+        self._op: Any = None  # the scripts, registered on first use
+        self._rename: Any = None
 
     def __repr__(self) -> str:
         return f"RedisStore(address={self.address!r}, prefix={self.prefix!r})"
@@ -2949,23 +3143,40 @@ class RedisStore:
     def _repr_html_(self) -> str:
         return _html_table("RedisStore", [("address", self.address), ("prefix", self.prefix)])
 
-    def _transact(self, op: str, build: Callable[[Any], object], *secret: str) -> list[Any]:
-        """Send the commands ``build`` queues as one MULTI/EXEC; failures become StoreError.
+    @staticmethod
+    def _ms(expire: float) -> int:
+        return max(1, math.ceil(expire * 1000))
+
+    def _script(self, op: str, name: str, live: bool, expire: float, *args: str | int,
+                secret: tuple[str, ...] = ()) -> list[Any]:
+        """Run one operation as one EVALSHA of the store's script (redis-py's ``Script``
+        sends the script again on NOSCRIPT): one command, one round trip, atomic.
+
+        :raises UnknownSession: for a live operation on a session that is not live.
+        """
+        if self._op is None:  # made once, on first use: register_script sends nothing
+            self._op = self.client.register_script(_REDIS_OP)
+        script = self._op
+        reply: list[Any] = self._request(
+            op, lambda: script(keys=[name], args=[op, int(live), self._ms(expire), *args]),
+            name, *secret)
+        if int(reply[0]) == 0:
+            raise _unknown(self._where, op)
+        return reply
+
+    def _request(self, op: str, send: Callable[[], Any], *secret: str) -> Any:
+        """``send()`` to Redis; failures become StoreError naming no secret.
 
         ``secret`` are the strings of this call that must not reach a log (the
         Redis key, which holds the session token, and the stored JSON text): they
         are cut out of the error's message along with the command redis-py quotes.
         """
         try:
-            pipe = self.client.pipeline(transaction=True)
-            build(pipe)
-            results: list[Any] = pipe.execute()
+            return send()
         except (TypeError, ValueError):  # a bad argument of the caller's: Redis is fine
             raise
         except Exception as error:  # redis-py raises its own ConnectionError, TimeoutError...
             failure = error
-        else:
-            return results
         # Raised here, out of the except block, so that the original error (whose args
         # quote the command with the token and the value) is not even the __context__.
         message = _redacted_message(failure, secret)
@@ -2973,16 +3184,10 @@ class RedisStore:
             f"{self._where}: {op} failed: {type(failure).__name__}: {message}"
         ) from _sanitised_copy(failure, message)
 
-    @staticmethod
-    def _ms(expire: float) -> int:
-        return max(1, math.ceil(expire * 1000))
-
-    def get(self, id: SessionId, key: str, expire: float) -> Any:
-        """Return a copy of the value of ``key``, or None (HGET + PEXPIRE)."""
-        name = self.prefix + id
-        value = self._transact(
-            "get", lambda p: p.hget(name, key).pexpire(name, self._ms(expire)), name
-        )[0]
+    def get(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> Any:
+        """Return a copy of the value of ``key``, or None (one script: HGET, PEXPIRE)."""
+        reply = self._script("get", self.prefix + id, live, expire, key)
+        value = reply[1] if len(reply) > 1 else None
         if value is None:
             return None
         try:
@@ -2991,42 +3196,181 @@ class RedisStore:
             failure = _not_json(self._where, "get", [(key, value)])
         raise failure  # out of the except block: the decode error (holding the value) is dropped
 
-    def get_all(self, id: SessionId, expire: float) -> dict[str, Any]:
-        """Return a copy of all the session's data (HGETALL + PEXPIRE)."""
-        name = self.prefix + id
-        fields = self._transact(
-            "get_all", lambda p: p.hgetall(name).pexpire(name, self._ms(expire)), name
-        )[0]
+    def get_all(self, id: SessionId, expire: float, *, live: bool = False) -> dict[str, Any]:
+        """Return a copy of all the session's data (one script: HGETALL, PEXPIRE)."""
+        flat = self._script("get_all", self.prefix + id, live, expire)[1]
+        fields = list(zip(flat[::2], flat[1::2], strict=True))
         try:
-            return {_text(field): decode_json(value) for field, value in fields.items()}
+            return {_text(field): decode_json(value) for field, value in fields}
         except ValueError:
-            failure = _not_json(self._where, "get_all", fields.items())
+            failure = _not_json(self._where, "get_all", fields)
         raise failure
 
-    def set(self, id: SessionId, key: str, value: Any, expire: float) -> None:
-        """Store ``value`` under ``key`` (HSET + PEXPIRE)."""
+    def set(self, id: SessionId, key: str, value: Any, expire: float, *,
+            live: bool = False) -> None:
+        """Store ``value`` under ``key`` (one script: HSET, PEXPIRE)."""
         text = encode_json(key, value)
-        name = self.prefix + id
-        self._transact(
-            "set", lambda p: p.hset(name, key, text).pexpire(name, self._ms(expire)), name, text
-        )
+        self._script("set", self.prefix + id, live, expire, key, text, secret=(text,))
 
-    def delete(self, id: SessionId, key: str, expire: float) -> None:
-        """Remove ``key`` from the session (HDEL + PEXPIRE)."""
-        name = self.prefix + id
-        self._transact(
-            "delete", lambda p: p.hdel(name, key).pexpire(name, self._ms(expire)), name
-        )
+    def delete(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> None:
+        """Remove ``key`` from the session (one script: HDEL, PEXPIRE)."""
+        self._script("delete", self.prefix + id, live, expire, key)
 
     def delete_all(self, id: SessionId) -> None:
         """Remove the whole session (DEL)."""
         name = self.prefix + id
-        self._transact("delete_all", lambda p: p.delete(name), name)
+        self._request("delete_all", lambda: self.client.delete(name), name)
 
-    def extend(self, id: SessionId, expire: float) -> None:
-        """Renew the session's expiry (PEXPIRE: a no-op for a session that does not exist)."""
-        name = self.prefix + id
-        self._transact("extend", lambda p: p.pexpire(name, self._ms(expire)), name)
+    def extend(self, id: SessionId, expire: float, *, live: bool = False) -> None:
+        """Renew the session's expiry (a no-op for a session that does not exist)."""
+        self._script("extend", self.prefix + id, live, expire)
+
+    def create(self, id: SessionId, expire: float, lifetime: float | None = None) -> None:
+        """Make ``id`` a live session with no data (one script: DEL, HSET of the lifecycle
+        field, PEXPIRE); its deadline is measured by the Redis server's clock."""
+        self._script("create", self.prefix + id, False, expire,
+                     0 if lifetime is None else self._ms(lifetime))
+
+    def incr(self, id: SessionId, key: str, amount: int, expire: float, *,
+             live: bool = False) -> int:
+        """Add ``amount`` to the integer under ``key`` (one script: HINCRBY, PEXPIRE)."""
+        _check_amount(self._where, key, amount)
+        reply = self._script("incr", self.prefix + id, live, expire, key, amount)
+        if int(reply[0]) == 2:
+            raise TypeError(f"{self._where}: incr found a value under key {key!r} that is "
+                            "not a JSON integer; nothing was changed")
+        if int(reply[0]) == 3:
+            raise ValueError(f"{self._where}: incr of key {key!r} would leave the signed "
+                             "64-bit range; nothing was changed")
+        return int(reply[1])
+
+    def rename(self, id: SessionId, new_id: SessionId, expire: float) -> float | None:
+        """Move the live session ``id`` to ``new_id`` (data and deadline); end ``id``.
+
+        On one Redis server this is one script (RENAME): atomic.  On a Cluster the two
+        ids live in different hash slots, which no one command may span: the old id is
+        ended and its data taken in one script, then written under the new id in
+        another.  Between the two no request can use either id (its requests see the
+        session ended); if the second fails, the data is put back under the old id.
+        """
+        old, new = self.prefix + id, self.prefix + new_id
+        if not callable(getattr(self.client, "get_node_from_key", None)):  # not a cluster
+            if self._rename is None:
+                self._rename = self.client.register_script(_REDIS_RENAME)
+            script = self._rename
+            reply = self._request("rename", lambda: script(
+                keys=[old, new], args=[self._ms(expire)]), old, new)
+            if int(reply[0]) == 0:
+                raise _unknown(self._where, "rename")
+            left = int(reply[1])
+        else:
+            taken = self._script("take", old, True, expire)
+            fields = taken[1]
+            try:
+                reply = self._script("put", new, False, expire, *fields)
+            except BaseException:
+                self._script("put", old, False, expire, *fields)  # best effort: put it back
+                raise
+            left = int(reply[1])
+        return None if left < 0 else left / 1000
+
+
+# One script for every operation of RedisStore, on one key (KEYS[1], the session's
+# hash): ARGV = op, live (0/1), expire in ms, then the op's own arguments.  The
+# lifecycle's field is named '\255gs': a byte no UTF-8 key holds, so no session key
+# can collide with it, and no reply ever carries it.  Its value is the deadline in
+# ms of the server's clock (0: none).  Replies: {0} not live (nothing changed), {1,
+# result}, {2} incr of a value that is not an integer, {3} incr overflow.
+_REDIS_OP = r"""
+local key, op, live, expire = KEYS[1], ARGV[1], ARGV[2] == '1', tonumber(ARGV[3])
+local META = '\255gs'
+local meta = redis.call('HGET', key, META)
+if live and not meta then return {0} end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function renew()
+  local ms = expire
+  if meta and tonumber(meta) > 0 then
+    local left = tonumber(meta) - now_ms()
+    if left < ms then ms = left end
+    if ms < 1 then ms = 1 end
+  end
+  redis.call('PEXPIRE', key, ms)
+end
+if op == 'get' then
+  local value = redis.call('HGET', key, ARGV[4])
+  renew()
+  return {1, value}
+elseif op == 'get_all' or op == 'take' then
+  local all = redis.call('HGETALL', key)
+  local out = {}
+  for i = 1, #all, 2 do
+    if all[i] ~= META or op == 'take' then
+      out[#out + 1] = all[i]
+      out[#out + 1] = all[i + 1]
+    end
+  end
+  if op == 'take' then redis.call('DEL', key) else renew() end
+  return {1, out}
+elseif op == 'set' then
+  redis.call('HSET', key, ARGV[4], ARGV[5])
+  renew()
+  return {1}
+elseif op == 'delete' then
+  redis.call('HDEL', key, ARGV[4])
+  renew()
+  return {1}
+elseif op == 'extend' then
+  renew()
+  return {1}
+elseif op == 'incr' then
+  local value = redis.call('HGET', key, ARGV[4])
+  if value and not string.match(value, '^%-?%d+$') then return {2} end
+  local sum = redis.pcall('HINCRBY', key, ARGV[4], ARGV[5])
+  if type(sum) == 'table' and sum.err then return {3} end
+  renew()
+  return {1, sum}
+elseif op == 'create' then
+  redis.call('DEL', key)
+  local deadline = 0
+  if tonumber(ARGV[4]) > 0 then deadline = now_ms() + tonumber(ARGV[4]) end
+  meta = tostring(deadline)
+  redis.call('HSET', key, META, meta)
+  renew()
+  return {1}
+elseif op == 'put' then
+  redis.call('DEL', key)
+  for i = 4, #ARGV, 2 do
+    redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+    if ARGV[i] == META then meta = ARGV[i + 1] end
+  end
+  renew()
+  local left = -1
+  if meta and tonumber(meta) > 0 then left = tonumber(meta) - now_ms() end
+  return {1, left}
+end
+return redis.error_reply('generic_session: unknown operation')
+"""
+
+# rename on one Redis server: KEYS = old, new; ARGV = expire in ms.  Replies {0} when
+# the old session is not live, else {1, ms left before the deadline, or -1}.
+_REDIS_RENAME = r"""
+local META = '\255gs'
+local meta = redis.call('HGET', KEYS[1], META)
+if not meta then return {0} end
+redis.call('RENAME', KEYS[1], KEYS[2])
+local ms, left = tonumber(ARGV[1]), -1
+if tonumber(meta) > 0 then
+  local t = redis.call('TIME')
+  left = tonumber(meta) - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  if left < ms then ms = left end
+  if ms < 1 then ms = 1 end
+end
+redis.call('PEXPIRE', KEYS[2], ms)
+return {1, left}
+"""
 
 
 # ============================================================================

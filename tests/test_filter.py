@@ -345,7 +345,9 @@ def test_reading_the_id_of_an_established_session_asks_the_store_once(
 
 @pytest.mark.parametrize(
     ("route", "calls"),
-    [("/get/k", ["get"]), ("/getall", ["get_all"]), ("/set/k?value=1", ["set"]),
+    # /get and /getall read session.id before the operation: confirming it is one call.
+    [("/get/k", ["extend", "get"]), ("/getall", ["extend", "get_all"]),
+     ("/set/k?value=1", ["set"]),
      ("/del/k", ["delete"]), ("/delall", ["delete_all", "create"]), ("/touch", ["extend"]),
      ("/destroy", ["delete_all"])],
 )
@@ -469,7 +471,7 @@ def test_a_store_that_hangs_answers_503_once_its_timeout_passes(hung_store: Redi
     assert time.monotonic() - started < 2  # its 0.3 s socket timeout, not a hung request
     assert response.text == "503 Service Unavailable: the session store is unavailable\n"
     assert "Set-Cookie" not in response.headers
-    assert (f"generic_session: RedisStore at {hung_store.address}: set failed: TimeoutError: "
+    assert (f"generic_session: RedisStore at {hung_store.address}: create failed: TimeoutError: "
             in response.errors)
 
 

@@ -94,7 +94,8 @@ def test_every_public_method_and_property_of_a_public_class_is_documented(
 REPR_CLASSES = [
     cls for cls in PUBLIC_CLASSES
     # Protocols are never instantiated.
-    if cls not in (generic_session.Store, generic_session.LifecycleStore)
+    if cls not in (generic_session.Store, generic_session.LifecycleStore,
+                   generic_session.AsyncStore)
     and not issubclass(cls, BaseException)  # BaseException's repr already shows the message
 ]
 
@@ -128,7 +129,21 @@ def _make(cls: type, tmp_path: Path) -> Any:
         import redis  # RedisStore takes any client; making one does not connect
 
         return gs.RedisStore(redis.Redis(host="127.0.0.1", port=1))
+    if cls is gs.ThreadedStore:
+        return gs.ThreadedStore(gs.SQLiteStore(tmp_path / "threaded.sqlite3"))
+    if cls is gs.ASGIMiddleware:
+        return gs.ASGIMiddleware(_asgi_app, gs.MemoryStore(), keys=[f"{SECRET}-key"])
+    if cls is gs.AsyncGenericSession:
+        options = gs.SessionOptions(keys=[f"{SECRET}-key"])
+        cookies = gs.Cookies.from_header(f"s={SECRET}-value", lambda name, header: None,
+                                         options.keygrip)
+        return gs.AsyncGenericSession.lazy(gs.MemoryStore(), options, cookies,
+                                           https=lambda: False)
     return cls()
+
+
+async def _asgi_app(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app that does nothing, to wrap."""
 
 
 @pytest.mark.parametrize("cls", REPR_CLASSES, ids=lambda cls: cls.__name__)

@@ -308,9 +308,19 @@ def test_touch_renews_the_expiry_without_changing_the_data() -> None:
     assert session.get_all() == {"k": {"nested": [1]}}
 
 
-def test_touch_of_a_session_nobody_wrote_creates_nothing() -> None:
+def test_touch_of_a_session_nobody_wrote_stores_no_data() -> None:
     store = MemoryStore()
-    session = GenericSession(environ(), [], store)
+    session = GenericSession(environ(), [], store)  # strict: issued, so the store knows it
+
+    session.touch()
+
+    assert store.get_all(session.id, 60) == {}
+    assert "sessions=1" in repr(store)
+
+
+def test_touch_without_strict_creates_nothing_as_in_node() -> None:
+    store = MemoryStore()
+    session = GenericSession(environ(), [], store, strict=False)
 
     session.touch()
 

@@ -150,7 +150,7 @@ def test_redis_store_error_that_quotes_the_arguments_is_cut_before_them(
             rf"^RedisStore at 127\.0\.0\.1:{own_redis.port}: set failed: ResponseError: "
             r"unknown command 'NOSUCHCOMMAND'$"
         )) as raised:
-            store._transact("set", lambda pipe: pipe.execute_command(
+            store._request("set", lambda: client.execute_command(
                 "NOSUCHCOMMAND", SESSION_ID, SECRET_TEXT), SESSION_ID, SECRET_TEXT)
         assert_no_secret(raised.value)
     finally:
