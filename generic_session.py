@@ -67,6 +67,7 @@ import binascii
 import calendar
 import copy
 import email.utils
+import functools
 import hashlib
 import hmac
 import html
@@ -3419,8 +3420,13 @@ def check_store(store: Store, *, expire: float = 0.5, writes: int = 1000) -> Non
     type, copies in and out, non-JSON values refused, ``delete``,
     ``delete_all``, ``extend``, expiry after ``expire`` seconds renewed by every
     operation (it sleeps about that long once), isolation between sessions, and
-    concurrent writers on different keys of one session all surviving.  It uses
-    fresh random session ids and deletes them at the end.
+    concurrent writers on different keys of one session all surviving.  For a store
+    with the lifecycle operations (:class:`LifecycleStore`) it checks them too:
+    live sessions only from ``create``, live operations refusing every other session
+    (never made, plain, expired, past its deadline, deleted, renamed away) and
+    changing nothing, renewal capped at the deadline, the lifecycle's data invisible,
+    ``incr`` (atomic under four threads, refusing what is not an integer) and
+    ``rename``.  It uses fresh random session ids and deletes them at the end.
 
     :param expire: the short expiry to test with, in seconds; raise it for a store
         whose expiry is coarser.
@@ -3441,6 +3447,8 @@ def check_store(store: Store, *, expire: float = 0.5, writes: int = 1000) -> Non
         _check_expiry_and_renewal(store, name, expire, short,
                                   (renewed, renewed_all, renewed_delete), extended)
         _check_concurrent_writers(store, name, concurrent, writes, _LONG)
+        if _has_lifecycle(store):
+            _check_lifecycle(store, name, run, expire, writes)  # type: ignore[arg-type]
     finally:
         for id in ids:
             store.delete_all(id)
@@ -3638,3 +3646,158 @@ def _check_concurrent_writers(store: Store, name: str, id: SessionId, writes: in
     _expect(not lost, f"{len(lost)} lost, e.g. {lost[:3]}", name, f"get_all after "
             f"{len(_WRITERS)} concurrent writers set {writes} keys each",
             f"all {len(_WRITERS) * writes} keys")
+
+
+def _refused(store: Any, name: str, what: str, call: Callable[[], object]) -> None:
+    """``call`` (a live operation) must raise UnknownSession."""
+    try:
+        call()
+    except UnknownSession:
+        return
+    raise AssertionError(f"{name}.{what}: expected UnknownSession (not a live session), "
+                         "nothing raised")
+
+
+def _check_lifecycle(store: LifecycleStore, name: str, run: str, expire: float,
+                     writes: int) -> None:
+    """The lifecycle operations: live sessions, deadlines, incr and rename."""
+    ids = [f"check_store:{run}:live:{n}" for n in range(9)]
+    live, plain, never, ended, expired, short, old, new, counter = ids
+    try:
+        _check_live_sessions(store, name, live, plain, never, ended)
+        _check_lifecycle_expiry(store, name, expire, expired, short)
+        _check_rename(store, name, old, new)
+        _check_incr(store, name, counter, writes)
+    finally:
+        for id in ids:
+            store.delete_all(id)
+
+
+def _check_live_sessions(store: LifecycleStore, name: str, live: SessionId, plain: SessionId,
+                         never: SessionId, ended: SessionId) -> None:
+    """Only ``create`` makes a live session; live operations refuse every other one and
+    change nothing (a live set after delete_all must not bring the session back)."""
+    store.create(live, _LONG)
+    got = store.get(live, "k", _LONG, live=True)
+    _expect(got is None, got, name, "get(live=True) of a new live session", "None")
+    store.set(live, "k", "v", _LONG, live=True)
+    got_all = store.get_all(live, _LONG, live=True)
+    _expect(got_all == {"k": "v"}, got_all, name, "get_all(live=True) after a live set",
+            "{'k': 'v'} (and no lifecycle data)")
+    got_all = store.get_all(live, _LONG)
+    _expect(got_all == {"k": "v"}, got_all, name, "get_all() of a live session",
+            "{'k': 'v'} (the lifecycle's data is not shown)")
+    store.delete(live, "k", _LONG, live=True)
+    store.extend(live, _LONG, live=True)  # still live with no data
+    store.set(plain, "k", "v", _LONG)  # plain data: not live
+    store.create(ended, _LONG)
+    store.set(ended, "k", "v", _LONG, live=True)
+    store.delete_all(ended)  # a logout: a request in flight must not undo it
+    for id, why in [(never, "a session never made"), (plain, "a session of plain writes"),
+                    (ended, "a session deleted by delete_all")]:
+        _refused(store, name, f"set(live=True) on {why}",
+                 functools.partial(store.set, id, "x", 1, _LONG, live=True))
+        _refused(store, name, f"get(live=True) on {why}",
+                 functools.partial(store.get, id, "k", _LONG, live=True))
+        _refused(store, name, f"extend(live=True) on {why}",
+                 functools.partial(store.extend, id, _LONG, live=True))
+    for id, expected in [(never, {}), (plain, {"k": "v"}), (ended, {})]:
+        got_all = store.get_all(id, _LONG)
+        _expect(got_all == expected, got_all, name, "get_all after refused live writes",
+                f"{expected!r} (nothing changed)")
+
+
+def _check_lifecycle_expiry(store: LifecycleStore, name: str, expire: float,
+                            expired: SessionId, short: SessionId) -> None:
+    """An idle live session ends after ``expire``; an active one at its deadline, however
+    often it is renewed (renewal never passes the deadline)."""
+    store.create(expired, expire)
+    store.create(short, _LONG, expire * 2)
+    start = time.monotonic()
+    time.sleep(expire * 1.2)
+    store.set(short, "k", 1, _LONG, live=True)  # active, renewed to an hour...
+    _refused(store, name, f"get(live=True) {expire * 1.2:.2f} s after create(expire="
+             f"{expire})", lambda: store.get(expired, "k", _LONG, live=True))
+    time.sleep(max(0.0, expire * 2.4 - (time.monotonic() - start)))
+    _refused(store, name, f"get(live=True) after the deadline of create(lifetime="
+             f"{expire * 2}), renewed meanwhile", lambda: store.get(short, "k", _LONG, live=True))
+    got_all = store.get_all(short, _LONG)
+    _expect(got_all == {}, got_all, name, "get_all after the deadline", "{} (ended)")
+
+
+def _check_rename(store: LifecycleStore, name: str, old: SessionId, new: SessionId) -> None:
+    """``rename`` moves data and deadline and ends the old id; it refuses a session that
+    is not live."""
+    store.create(old, _LONG, _LONG)
+    store.set(old, "cart", ["apple"], _LONG, live=True)
+    left = store.rename(old, new, _LONG)
+    _expect(left is not None and 0 < left <= _LONG, left, name, "rename of a session with a "
+            f"lifetime of {_LONG}", f"the seconds left, in (0, {_LONG}]")
+    got_all = store.get_all(new, _LONG, live=True)
+    _expect(got_all == {"cart": ["apple"]}, got_all, name, "get_all(live=True) of the new id "
+            "after rename", "{'cart': ['apple']}")
+    got_all = store.get_all(old, _LONG)
+    _expect(got_all == {}, got_all, name, "get_all of the old id after rename", "{} (ended)")
+    _refused(store, name, "set(live=True) on a renamed-away id",
+             lambda: store.set(old, "k", 1, _LONG, live=True))
+    _refused(store, name, "rename of a session that is not live",
+             lambda: store.rename(old, new + ":again", _LONG))
+
+
+def _check_incr(store: LifecycleStore, name: str, id: SessionId, writes: int) -> None:
+    """``incr`` counts from 0, refuses what is not an integer (changing nothing), and loses
+    no count under four threads."""
+    store.create(id, _LONG)
+    total = store.incr(id, "n", 5, _LONG, live=True)
+    _expect(total == 5, total, name, "incr of a missing key by 5", "5")
+    total = store.incr(id, "n", -7, _LONG, live=True)
+    _expect(total == -2, total, name, "incr by -7", "-2")
+    got = store.get(id, "n", _LONG)
+    _expect(_same_json(got, -2), got, name, "get after incr", "-2 (an int)")
+    for bad in ("3", 1.5, True, [1]):
+        store.set(id, "bad", bad, _LONG)
+        try:
+            store.incr(id, "bad", 1, _LONG, live=True)
+        except TypeError:
+            pass
+        else:
+            raise AssertionError(f"{name}.incr of a key holding {type(bad).__name__}: "
+                                 "expected TypeError, nothing raised")
+        got = store.get(id, "bad", _LONG)
+        _expect(_same_json(got, bad), got, name, f"get after a refused incr of a "
+                f"{type(bad).__name__}", "the value unchanged")
+    store.set(id, "big", 2**63 - 1, _LONG)
+    try:
+        store.incr(id, "big", 1, _LONG, live=True)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError(f"{name}.incr past 2**63 - 1: expected ValueError, nothing raised")
+    start = threading.Barrier(len(_WRITERS))
+    errors: list[BaseException] = []
+    count = max(1, writes // 10)
+
+    def counter() -> None:
+        try:
+            start.wait()
+            for _ in range(count):
+                store.incr(id, "shared", 1, _LONG, live=True)
+        except BaseException as error:  # reported below, in the calling thread
+            errors.append(error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so a read-modify-write race shows
+    try:
+        threads = [threading.Thread(target=counter) for _ in _WRITERS]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    if errors:
+        raise AssertionError(f"{name}.incr from {len(_WRITERS)} threads raised "
+                             f"{errors[0]!r}") from errors[0]
+    got = store.get(id, "shared", _LONG)
+    _expect(got == len(_WRITERS) * count, got, name, f"get after {len(_WRITERS)} threads each "
+            f"incr'd {count} times", f"{len(_WRITERS) * count} (no count lost)")

@@ -33,6 +33,7 @@ from generic_session import (
     SQLiteStore,
     Store,
     StoreError,
+    UnknownSession,
     _key_size,
     check_store,
     encode_json,
@@ -1217,3 +1218,83 @@ def test_redis_store_on_a_cluster_names_the_cluster_address_in_its_errors(
                        r"ResponseError: .*WRONGTYPE") as raised:
         store.set("session:a", "k", 1, 60)
     assert isinstance(raised.value.__cause__, redis.exceptions.ResponseError)
+
+
+# ---------------------------------------------------------------------------
+# check_store catches stores that break a lifecycle rule (each one rule, on MemoryStore)
+
+
+class RevivingStore(MemoryStore):
+    """A live set on a session that is not live makes it live: a logout undone."""
+
+    def set(self, id: str, key: str, value: Any, expire: float, *, live: bool = False) -> None:
+        if live:
+            try:
+                super().get(id, key, expire, live=True)
+            except UnknownSession:
+                self.create(id, expire)
+        super().set(id, key, value, expire, live=live)
+
+
+class RacyIncrStore(MemoryStore):
+    """incr as a get and a set: another thread's increment in between is lost."""
+
+    def incr(self, id: str, key: str, amount: int, expire: float, *, live: bool = False) -> int:
+        current = self.get(id, key, expire, live=live) or 0
+        if type(current) is not int:
+            raise TypeError(f"incr of key {key!r}: not an integer")
+        total = current + amount
+        if total >= 2**63:
+            raise ValueError(f"incr of key {key!r}: out of range")
+        time.sleep(0)  # let another thread run between the read and the write
+        self.set(id, key, total, expire, live=live)
+        return int(total)
+
+
+class CopyingRenameStore(MemoryStore):
+    """rename copies the data and leaves the old id live."""
+
+    def rename(self, id: str, new_id: str, expire: float) -> float | None:
+        data = self.get_all(id, expire, live=True)
+        self.create(new_id, expire)
+        for key, value in data.items():
+            self.set(new_id, key, value, expire, live=True)
+        return expire
+
+
+class DeadlineBlindStore(MemoryStore):
+    """create ignores the lifetime: an active session lives for ever."""
+
+    def create(self, id: str, expire: float, lifetime: float | None = None) -> None:
+        super().create(id, expire, None)
+
+
+class ShowingLifecycleStore(MemoryStore):
+    """get_all shows the lifecycle's own data among the session's keys."""
+
+    def get_all(self, id: str, expire: float, *, live: bool = False) -> dict[str, Any]:
+        data = super().get_all(id, expire, live=live)
+        return {**data, "__live__": True} if live else data
+
+
+@pytest.mark.parametrize(
+    ("store_class", "message"),
+    [
+        pytest.param(RevivingStore, r"^RevivingStore\.set\(live=True\) on a session (never made|deleted by "
+                     r"delete_all): expected UnknownSession", id="a logout undone"),
+        pytest.param(RacyIncrStore, r"^RacyIncrStore\.get after 4 threads each incr'd \d+ times: "
+                     r"expected \d+ \(no count lost\)", id="incr is not atomic"),
+        pytest.param(CopyingRenameStore, r"^CopyingRenameStore\.get_all of the old id after "
+                     r"rename: expected \{\} \(ended\)", id="rename leaves the old id"),
+        pytest.param(DeadlineBlindStore, r"^DeadlineBlindStore\.rename of a session with a "
+                     r"lifetime|^DeadlineBlindStore\.get\(live=True\) after the deadline",
+                     id="the deadline is ignored"),
+        pytest.param(ShowingLifecycleStore, r"^ShowingLifecycleStore\.get_all\(live=True\) after a "
+                     r"live set: expected \{'k': 'v'\}", id="the lifecycle's data is shown"),
+    ],
+)
+def test_check_store_catches_a_store_that_breaks_a_lifecycle_rule(
+    store_class: type[MemoryStore], message: str,
+) -> None:
+    with pytest.raises(AssertionError, match=message):
+        check_store(store_class())
