@@ -1,5 +1,5 @@
 """Shared pytest fixtures: a real redis-server (and a one-node Redis Cluster), a Redis client,
-server.py runner, failing stores.
+server.py runner, an ASGI app under a real uvicorn, failing stores.
 
 Helper functions (``free_port``, ``wait_for_port``, ...) live in
 ``tests/helpers.py`` and are re-exported here for convenience; import them in
@@ -23,6 +23,7 @@ from tests.helpers import (
     RedisServer,
     ServerProcess,
     SilentServer,
+    UvicornServer,
     dead_redis_store,
     free_port,
     wait_for_port,
@@ -126,6 +127,27 @@ def run_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
     yield start
 
     for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def serve_asgi() -> Iterator[Callable[..., UvicornServer]]:
+    """Factory serving an ASGI app under a real uvicorn on a free loopback port.
+
+    ``serve_asgi(app, **uvicorn_config)`` returns the started :class:`UvicornServer`
+    (``.url``), in a thread of the test's process, so that the app and the test share
+    objects; every server started is stopped after the test, its lifespan shut down.
+    """
+    started: list[UvicornServer] = []
+
+    def start(app: object, **config: object) -> UvicornServer:
+        server = UvicornServer(app, **config)
+        started.append(server)
+        return server.start()
+
+    yield start
+
+    for server in reversed(started):
         server.stop()
 
 

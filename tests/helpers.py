@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -172,6 +173,94 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+# --------------------------------------------------------------------------
+# an ASGI app under a real uvicorn
+
+
+class UvicornServer:
+    """An ASGI app served by a real uvicorn, in a thread of this process, on a free loopback port.
+
+    The listening socket is bound here, on port 0, and handed to uvicorn: no port is
+    picked in advance, so none can be taken by another process before it is bound.
+    In this process (not a child) so that a test shares stores, counters and
+    ``threading.Event`` s with the app it serves.  Use it as a context manager, or
+    ``start()`` / ``stop()``; it has ``.host``, ``.port`` and ``.url``.
+
+    ``start()`` returns once uvicorn has run the app's lifespan startup and listens:
+    its ``startup`` sets an event (waited on in slices, checking that the thread is
+    alive), so nothing sleeps.  ``stop()`` asks uvicorn to exit, which runs the
+    lifespan shutdown, and joins its thread.  *config* goes to ``uvicorn.Config``.
+    """
+
+    host = LOOPBACK
+
+    def __init__(self, app: Any, *, start_timeout: float = 10.0, **config: Any) -> None:
+        import uvicorn
+
+        self.start_timeout = start_timeout
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((self.host, 0))
+        self.port: int = self._socket.getsockname()[1]
+        self.url = f"http://{self.host}:{self.port}"
+        ready = self._ready = threading.Event()
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                await super().startup(sockets)
+                ready.set()
+
+        settings: dict[str, Any] = {
+            "log_config": None,  # leave logging alone: pytest captures uvicorn's loggers
+            "log_level": "warning",
+            "access_log": False,
+            "loop": "asyncio",
+            "http": "h11",
+            "ws": "websockets-sansio",
+            "timeout_graceful_shutdown": 5,
+            **config,
+        }
+        self.server = Server(uvicorn.Config(app, **settings))
+        #: What ended uvicorn's thread abnormally (SystemExit for a failed lifespan startup).
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name=f"uvicorn-{self.port}",
+                                        daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.server.run(sockets=[self._socket])
+        except BaseException as error:
+            self.errors.append(error)
+
+    def start(self) -> UvicornServer:
+        """Start serving; return once the app's lifespan has started and uvicorn listens."""
+        self._thread.start()
+        deadline = time.monotonic() + self.start_timeout
+        while not self._ready.wait(POLL_INTERVAL):
+            if not self._thread.is_alive():
+                self._socket.close()
+                raise RuntimeError(f"uvicorn stopped before serving: {self.errors!r}")
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise TimeoutError(f"uvicorn did not start within {self.start_timeout} s")
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (the lifespan shutdown runs) and wait for uvicorn's thread to end."""
+        self.server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._socket.close()
+        if self._thread.is_alive():
+            raise RuntimeError(f"uvicorn on port {self.port} did not stop within 10 s")
+
+    def __enter__(self) -> UvicornServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 # --------------------------------------------------------------------------

@@ -1280,8 +1280,9 @@ class ShowingLifecycleStore(MemoryStore):
 @pytest.mark.parametrize(
     ("store_class", "message"),
     [
-        pytest.param(RevivingStore, r"^RevivingStore\.set\(live=True\) on a session (never made|deleted by "
-                     r"delete_all): expected UnknownSession", id="a logout undone"),
+        pytest.param(RevivingStore, r"^RevivingStore\.set\(live=True\) on a session "
+                     r"(never made|deleted by delete_all): expected UnknownSession",
+                     id="a logout undone"),
         pytest.param(RacyIncrStore, r"^RacyIncrStore\.get after 4 threads each incr'd \d+ times: "
                      r"expected \d+ \(no count lost\)", id="incr is not atomic"),
         pytest.param(CopyingRenameStore, r"^CopyingRenameStore\.get_all of the old id after "
