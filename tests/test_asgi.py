@@ -1,0 +1,114 @@
+"""The ASGI front door: the same sessions for Starlette and any ASGI app.
+
+In-process through httpx's ASGI transport, and over real HTTP under uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+import generic_session as gs
+from tests.helpers import dead_redis_store
+
+KEYS = ["asgi test key"]
+
+
+async def set_value(request: Request) -> JSONResponse:
+    await request.session.set(request.path_params["k"], request.path_params["v"])
+    return JSONResponse(request.path_params["v"])
+
+
+async def get_value(request: Request) -> JSONResponse:
+    return JSONResponse(await request.session.get(request.path_params["k"]))
+
+
+async def logout(request: Request) -> JSONResponse:
+    await request.session.destroy()
+    return JSONResponse("bye")
+
+
+async def health(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+def starlette_app(store: Any) -> Starlette:
+    app = Starlette(routes=[Route("/set/{k}/{v}", set_value), Route("/get/{k}", get_value),
+                            Route("/logout", logout), Route("/health", health)])
+    app.add_middleware(gs.ASGIMiddleware, store=store, keys=KEYS)
+    return app
+
+
+def in_process(app: Starlette) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+def test_set_then_get_keeps_the_session_and_a_health_check_gets_no_cookie() -> None:
+    store = gs.MemoryStore()
+
+    async def run() -> None:
+        async with in_process(starlette_app(store)) as client:
+            health_check = await client.get("/health")
+            assert "set-cookie" not in health_check.headers
+            assert "sessions=0" in repr(store)
+            first = await client.get("/set/foo/bar")
+            assert [c.split("=")[0] for c in first.headers.get_list("set-cookie")] == ["s",
+                                                                                        "s.sig"]
+            assert first.headers["vary"] == "Cookie"
+            assert first.headers["cache-control"] == "private"
+            assert (await client.get("/get/foo")).json() == "bar"
+
+    asyncio.run(run())
+
+
+def test_a_made_up_cookie_is_not_adopted_and_logout_sticks() -> None:
+    store = gs.MemoryStore()
+
+    async def run() -> None:
+        async with in_process(starlette_app(store)) as client:
+            await client.get("/set/user/alice")
+            old = client.cookies.get("s")
+            await client.get("/logout")
+        async with in_process(starlette_app(store)) as replay:
+            cookie = f"s={old}; s.sig={gs.Keygrip(KEYS).sign(f's={old}')}"
+            response = await replay.get("/get/user", headers={"Cookie": cookie})
+            assert response.json() is None
+            assert f"s={old};" not in " ".join(response.headers.get_list("set-cookie"))
+
+    asyncio.run(run())
+
+
+def test_a_store_that_is_down_answers_503() -> None:
+    app = starlette_app(gs.ThreadedStore(dead_redis_store()))
+
+    async def run() -> None:
+        async with in_process(app) as client:
+            response = await client.get("/get/k")
+            assert response.status_code == 503
+            assert "set-cookie" not in response.headers
+
+    asyncio.run(run())
+
+
+def test_a_blocking_store_without_the_adapter_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"SQLiteStore blocks on I/O .* ThreadedStore\("):
+        gs.ASGIMiddleware(health, gs.SQLiteStore(tmp_path / "s.db"))  # type: ignore[arg-type]
+
+
+def test_over_real_http_under_uvicorn_with_sqlite_behind_the_thread_adapter(
+    serve_asgi: Any, tmp_path: Path,
+) -> None:
+    server = serve_asgi(starlette_app(gs.ThreadedStore(gs.SQLiteStore(tmp_path / "s.db"))))
+
+    with httpx.Client(base_url=server.url, trust_env=False, timeout=10) as client:
+        assert client.get("/set/foo/bar").json() == "bar"
+        assert client.get("/get/foo").json() == "bar"
+        assert client.get("/health").headers.get("set-cookie") is None
