@@ -3616,21 +3616,38 @@ def _check_concurrent_writers(store: Store, name: str, id: SessionId, writes: in
 
     The switch interval is process-wide: it is put back in a ``finally``.
     """
+    def writer(label: str) -> None:
+        for n in range(writes):
+            store.set(id, f"{label}{n}", n, expire)
+
+    _in_threads(writer, name, "set")
+    data = store.get_all(id, expire)
+    lost = [f"{label}{n}" for label in _WRITERS for n in range(writes)
+            if f"{label}{n}" not in data]
+    _expect(not lost, f"{len(lost)} lost, e.g. {lost[:3]}", name, f"get_all after "
+            f"{len(_WRITERS)} concurrent writers set {writes} keys each",
+            f"all {len(_WRITERS) * writes} keys")
+
+
+def _in_threads(work: Callable[[str], object], name: str, operation: str) -> None:
+    """Run ``work(label)`` in one thread per label of ``_WRITERS``, started together, with
+    threads switched often so that a read-modify-write race shows; the switch interval
+    is process-wide, so it is put back in a ``finally``.  A thread's error is raised here.
+    """
     start = threading.Barrier(len(_WRITERS))
     errors: list[BaseException] = []
 
-    def writer(label: str) -> None:
+    def run(label: str) -> None:
         try:
             start.wait()
-            for n in range(writes):
-                store.set(id, f"{label}{n}", n, expire)
+            work(label)
         except BaseException as error:  # reported below, in the calling thread
             errors.append(error)
 
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads often, so a read-modify-write race shows
+    sys.setswitchinterval(1e-6)
     try:
-        threads = [threading.Thread(target=writer, args=(label,)) for label in _WRITERS]
+        threads = [threading.Thread(target=run, args=(label,)) for label in _WRITERS]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -3638,14 +3655,8 @@ def _check_concurrent_writers(store: Store, name: str, id: SessionId, writes: in
     finally:
         sys.setswitchinterval(interval)
     if errors:
-        raise AssertionError(f"{name}.set from {len(_WRITERS)} threads raised "
+        raise AssertionError(f"{name}.{operation} from {len(_WRITERS)} threads raised "
                              f"{errors[0]!r}") from errors[0]
-    data = store.get_all(id, expire)
-    lost = [f"{label}{n}" for label in _WRITERS for n in range(writes)
-            if f"{label}{n}" not in data]
-    _expect(not lost, f"{len(lost)} lost, e.g. {lost[:3]}", name, f"get_all after "
-            f"{len(_WRITERS)} concurrent writers set {writes} keys each",
-            f"all {len(_WRITERS) * writes} keys")
 
 
 def _refused(store: Any, name: str, what: str, call: Callable[[], object]) -> None:
@@ -3773,31 +3784,13 @@ def _check_incr(store: LifecycleStore, name: str, id: SessionId, writes: int) ->
         pass
     else:
         raise AssertionError(f"{name}.incr past 2**63 - 1: expected ValueError, nothing raised")
-    start = threading.Barrier(len(_WRITERS))
-    errors: list[BaseException] = []
     count = max(1, writes // 10)
 
-    def counter() -> None:
-        try:
-            start.wait()
-            for _ in range(count):
-                store.incr(id, "shared", 1, _LONG, live=True)
-        except BaseException as error:  # reported below, in the calling thread
-            errors.append(error)
+    def counter(label: str) -> None:
+        for _ in range(count):
+            store.incr(id, "shared", 1, _LONG, live=True)
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads often, so a read-modify-write race shows
-    try:
-        threads = [threading.Thread(target=counter) for _ in _WRITERS]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
-    if errors:
-        raise AssertionError(f"{name}.incr from {len(_WRITERS)} threads raised "
-                             f"{errors[0]!r}") from errors[0]
+    _in_threads(counter, name, "incr")
     got = store.get(id, "shared", _LONG)
     _expect(got == len(_WRITERS) * count, got, name, f"get after {len(_WRITERS)} threads each "
             f"incr'd {count} times", f"{len(_WRITERS) * count} (no count lost)")
