@@ -95,8 +95,9 @@ class ClientResult:
 
     latencies: list[float] = field(default_factory=list)
     operations: Counter[str] = field(default_factory=Counter)
-    #: (wall-clock time, kind) of every response that was not a 200, and transport errors.
-    errors: list[tuple[float, str]] = field(default_factory=list)
+    #: (wall-clock time, kind, latency) of every response that was not a 200, and of
+    #: every transport error.
+    errors: list[tuple[float, str, float]] = field(default_factory=list)
     broken: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
     tokens: set[str] = field(default_factory=set)
@@ -125,7 +126,7 @@ def _run_tab(user: _User, index: int, deadline: float, seed: int, inv: Invariant
     tab = user.tabs[index]
     model = user.model
     latencies: list[float] = []
-    errors: list[tuple[float, str]] = []
+    errors: list[tuple[float, str, float]] = []
     operations: Counter[str] = Counter()
     values: set[str] = set()
     while time.time() < deadline:
@@ -160,11 +161,12 @@ def _run_tab(user: _User, index: int, deadline: float, seed: int, inv: Invariant
                 kind = type(error).__name__
             else:
                 kind = str(status)
-            latencies.append(time.perf_counter() - started)
+            latency = time.perf_counter() - started
+            latencies.append(latency)
             operations[op] += 1
             with user.model_lock:
                 if status != 200:
-                    errors.append((time.time(), kind))
+                    errors.append((time.time(), kind, latency))
                     if op == "set" or op == "delete":
                         model.uncertain.add(key)
                     elif op == "incr":
@@ -273,7 +275,7 @@ class LoadResult:
     clients: int
     latencies: list[float]
     operations: Counter[str]
-    errors: list[tuple[float, str]]
+    errors: list[tuple[float, str, float]]
     tokens: set[str]
     values: set[str]
 
@@ -306,7 +308,7 @@ def check_errors(load: LoadResult, inv: Invariants,
                  fault_windows: Sequence[tuple[float, float]] = ()) -> Counter[str]:
     """Count the errors by kind; any that is not a 503 within a fault window breaks."""
     kinds: Counter[str] = Counter()
-    for when, kind in load.errors:
+    for when, kind, _ in load.errors:
         kinds[kind] += 1
         allowed = kind == "503" and any(a <= when <= b for a, b in fault_windows)
         inv.check(allowed, f"unexpected error {kind}",
