@@ -9,6 +9,7 @@
 #   make demo [PORT=8080] [DEMO_STORE=sqlite:/tmp/s.db]   run server.py + client.py
 #   make test [PYTEST_ARGS='-k redis -x']                 run the test suite
 #   make constraints                                      re-pin constraints.txt
+#   make stress                                           load, faults, fuzzing (<= 5 min)
 #   make lint | bench | clean
 
 # bash (not sh) for $SECONDS, traps and pipefail in the demo recipe.
@@ -31,10 +32,10 @@ DEMO_STORE ?= memory
 DEMO_WAIT ?= 10
 PYTEST_ARGS ?=
 
-.PHONY: help venv constraints demo test lint bench clean
+.PHONY: help venv constraints demo test lint bench stress clean
 
 help:
-	@echo "targets: venv demo test lint bench constraints clean"
+	@echo "targets: venv demo test lint bench stress constraints clean"
 
 venv: $(DEV_STAMP)
 
@@ -133,6 +134,20 @@ lint: venv
 bench: venv
 	$(PY) bench/overhead.py
 	$(PY) bench/stores.py
+
+# Each part starts the servers it needs on free loopback ports (redis-server and
+# redis-cli must be installed), prints its figures and fails on a broken
+# invariant; all six stop within 5 minutes on 2 cores. `make test` runs the same
+# scripts with --quick (tests/test_stress.py). `make stress STRESS_ARGS=--quick`
+# for the short run.
+STRESS_ARGS ?=
+STRESS_PARTS := load sigkill redis_faults cluster fuzz resources
+
+stress: venv
+	@for part in $(STRESS_PARTS); do \
+	  echo "== stress/$$part.py"; \
+	  $(PY) stress/$$part.py $(STRESS_ARGS) || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results

@@ -42,10 +42,13 @@ LOOPBACK = "127.0.0.1"
 
 
 def make_store(spec: str) -> Any:
-    """A store from ``memory``, ``sqlite:PATH``, ``redis://HOST:PORT?timeout=S&retries=N``
+    """A store from ``memory``, ``sqlite:PATH``,
+    ``redis://HOST:PORT?timeout=S&retries=N&prefill=N``
     or ``cluster://HOST:PORT?timeout=S&wait=N&wait_timeout=S`` (N replicas for WAIT)."""
     if spec == "memory":
         return gs.MemoryStore()
+    if spec == "lossy":
+        return LossyStore()
     if spec.startswith("sqlite:"):
         return gs.SQLiteStore(spec[len("sqlite:"):], timeout=10.0)
     url = urlsplit(spec)
@@ -60,6 +63,13 @@ def make_store(spec: str) -> Any:
         client: Any = redis.Redis(host=url.hostname or LOOPBACK, port=url.port or 6379,
                                   socket_timeout=timeout, socket_connect_timeout=timeout,
                                   retry=Retry(NoBackoff(), retries), max_connections=64)
+        # prefill=N: N connections made now, so the pool never grows past them later
+        # (stress/resources.py counts the server's descriptors).
+        pool = client.connection_pool
+        connections = [pool.get_connection() for _ in range(int(query.get("prefill", "0")))]
+        for connection in connections:
+            connection.connect()
+            pool.release(connection)
         return gs.RedisStore(client)
     if url.scheme == "cluster":
         from redis.cluster import RedisCluster
@@ -69,6 +79,21 @@ def make_store(spec: str) -> Any:
         return cluster_store(client, int(query.get("wait", "0")),
                              float(query.get("wait_timeout", "1.0")))
     raise ValueError(f"unknown store {spec!r}")
+
+
+class LossyStore(gs.MemoryStore):
+    """A broken store, for the stress checks' own test: it acknowledges every seventh
+    ``set`` without storing it (tests/test_stress.py: the load must catch that)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sets = 0
+
+    def set(self, id: gs.SessionId, key: str, value: Any, expire: float, *,
+            live: bool = False) -> None:
+        self._sets += 1
+        if self._sets % 7:
+            super().set(id, key, value, expire, live=live)
 
 
 def has_wait_replicas() -> bool:

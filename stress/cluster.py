@@ -264,7 +264,8 @@ def failover(root: Path, inv: Invariants, name: str, wait: int, lag: float,
         client = cluster.client(avoid=master)
         store = cluster_store(client, wait, 1.0)
         with Writers(store) as writers:
-            cluster.wait(lambda: writers.count() >= 500, "500 acknowledged writes")
+            enough = 200 if quick else 500
+            cluster.wait(lambda: writers.count() >= enough, "acknowledged writes")
             if proxy is not None:
                 proxy.freeze()  # from now on the master acknowledges what its replica lacks
                 time.sleep(lag)
@@ -277,7 +278,7 @@ def failover(root: Path, inv: Invariants, name: str, wait: int, lag: float,
                                 "replica promoted")
             promoted = time.monotonic()
             acked_at_promotion = writers.count()
-            cluster.wait(lambda: writers.count() >= acked_at_promotion + 300,
+            cluster.wait(lambda: writers.count() >= acked_at_promotion + enough,
                          "writes acknowledged after the failover", 20)
         reader = cluster.client(avoid=master)
         acked = [write for writes in writers.acked for write in writes]

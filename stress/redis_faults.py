@@ -64,7 +64,7 @@ def kill_restart(root: Path, inv: Invariants, quick: bool) -> None:
                          "--appendonly", "yes", "--appendfsync", "always")
     url = f"{redis.url}?timeout={TIMEOUT}&retries={RETRIES}"
     processes, users, tabs = (2, 34, 3) if quick else (4, 17, 3)
-    seconds, before, down = (4.0, 1.0, 1.0) if quick else (10.0, 3.0, 3.0)
+    seconds, before, down = (3.0, 0.8, 0.8) if quick else (10.0, 3.0, 3.0)
     try:
         with AppServer(url, "waitress", root / "kill.log") as app:
             result: list[LoadResult] = []
