@@ -144,10 +144,13 @@ STRESS_ARGS ?=
 STRESS_PARTS := load sigkill redis_faults cluster fuzz resources
 
 stress: venv
-	@for part in $(STRESS_PARTS); do \
+	@failed=; started=$$SECONDS; \
+	for part in $(STRESS_PARTS); do \
 	  echo "== stress/$$part.py"; \
-	  $(PY) stress/$$part.py $(STRESS_ARGS) || exit 1; \
-	done
+	  $(PY) stress/$$part.py $(STRESS_ARGS) || failed="$$failed $$part"; \
+	done; \
+	echo "make stress: $$((SECONDS - started)) s"; \
+	if [ -n "$$failed" ]; then echo "make stress: invariants broken in:$$failed" >&2; exit 1; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results

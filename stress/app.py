@@ -26,14 +26,14 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import generic_session as gs  # noqa: E402 (after the path set-up)
+import generic_session as gs
 
 #: The signing key of the stress runs: not a secret, the servers live for one run.
 KEYS = ["stress-signing-key-not-a-secret"]
@@ -146,10 +146,11 @@ def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
     return [body]
 
 
-_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+_Send = Callable[[dict[str, Any]], Awaitable[None]]
+_Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
-async def asgi_app(scope: MutableMapping[str, Any], receive: Any, send: _Send) -> None:
+async def asgi_app(scope: dict[str, Any], receive: _Receive, send: _Send) -> None:
     """The same operations on ``scope["session"]``, the session of ASGIMiddleware."""
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     listener.listen(2048)
     port = listener.getsockname()[1]
     if args.server == "waitress":
-        import waitress.server
+        import waitress.server  # type: ignore[import-untyped]
 
         # connection_limit: waitress stops accepting past 100 connections by default,
         # and the load keeps 200+ open.

@@ -25,6 +25,7 @@ again once the replica is promoted, without a new client.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -34,10 +35,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import generic_session as gs  # noqa: E402
-from stress.app import cluster_store, has_wait_replicas  # noqa: E402
-from stress.common import POLL_INTERVAL, Invariants, RedisServer, arguments, workdir  # noqa: E402
-from tests.helpers import RedisClusterNode  # noqa: E402
+import generic_session as gs
+from stress.app import cluster_store, has_wait_replicas
+from stress.common import POLL_INTERVAL, Invariants, RedisServer, arguments, workdir
+from tests.helpers import RedisClusterNode
 
 NODE_TIMEOUT_MS = 1000
 WRITERS = 12
@@ -103,7 +104,7 @@ class Cluster:
 
     def synced(self, node: Node) -> bool:
         with self.admin(node) as client:
-            return client.info("replication").get("master_link_status") == "up"
+            return bool(client.info("replication").get("master_link_status") == "up")
 
     def replica_port(self, node: Node) -> int:
         with self.admin(node) as client:
@@ -189,10 +190,8 @@ class LinkProxy:
         except OSError:
             pass
         for sock in (source, sink):
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
 
     def freeze(self) -> None:
         self.frozen.set()
@@ -200,10 +199,8 @@ class LinkProxy:
     def close(self) -> None:
         self.listener.close()
         for sock in self.sockets:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
 
 
 class Writers:

@@ -41,7 +41,10 @@ __all__ = ["LOOPBACK", "POLL_INTERVAL", "RedisServer", "free_port", "port_is_fre
 
 APP = Path(__file__).resolve().parent / "app.py"
 SERVING = re.compile(r"Serving on http://127\.0\.0\.1:(\d+)")
-#: Cookie names and control characters a response header must never hold.
+#: Seconds after which a tab opens a new connection rather than reuse its idle one:
+#: below uvicorn's keep-alive timeout (5 s), which closes idle connections.
+IDLE_CONNECTION = 4.0
+#: Control characters a response header must never hold (a tab is allowed).
 CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -155,10 +158,15 @@ class Tab:
         self.port = port
         self.timeout = timeout
         self.connection: http.client.HTTPConnection | None = None
+        self.last_used = 0.0
 
     def request(self, path: str) -> tuple[int, Any, list[tuple[str, str]]]:
         """GET ``path``; return (status, JSON body or None, headers).  A transport error
         (refused, reset, timed out) raises OSError or http.client.HTTPException."""
+        now = time.monotonic()
+        if now - self.last_used > IDLE_CONNECTION:
+            self.close()  # as a browser does, rather than race the server's keep-alive timeout
+        self.last_used = now
         if self.connection is None:
             self.connection = http.client.HTTPConnection(self.host, self.port,
                                                          timeout=self.timeout)

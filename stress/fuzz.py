@@ -41,10 +41,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import generic_session as gs  # noqa: E402
-from stress.app import KEYS  # noqa: E402
-from stress.common import CONTROL, Invariants, arguments, redis_server, workdir  # noqa: E402
-from tests.helpers import dead_redis_store  # noqa: E402
+import generic_session as gs
+from stress.app import KEYS
+from stress.common import CONTROL, Invariants, arguments, redis_server, workdir
+from tests.helpers import dead_redis_store
 
 B64 = string.ascii_letters + string.digits + "-_"
 LATIN1 = "".join(map(chr, range(256)))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stress.common import (  # noqa: E402
+from stress.common import (
     AppServer,
     Invariants,
     arguments,
@@ -25,14 +25,14 @@ from stress.common import (  # noqa: E402
     redis_server,
     workdir,
 )
-from stress.loadgen import check_errors, run_load  # noqa: E402
+from stress.loadgen import check_errors, run_load
 
 
 def main() -> None:
     args = arguments(__doc__.split("\n")[0])
     # 4 processes x 17 browsers x 3 tabs = 204 connections open at once.
     processes, users, tabs = (2, 34, 3) if args.quick else (4, 17, 3)
-    seconds = 1.5 if args.quick else 8.0
+    seconds = 1.5 if args.quick else 6.0
     servers = ["waitress", "uvicorn"]
     stores = ["memory", "sqlite", "redis"]
     # Quick: one run per server, each with a store in another process or thread.

@@ -42,21 +42,26 @@ COUNTER = "hits"
 
 
 class _SharedOrAlone:
-    """A readers-writer lock: many tabs at once, or one tab alone."""
+    """A readers-writer lock: many tabs at once, or one tab alone.  A tab waiting to be
+    alone goes first (new shared requests wait behind it), or the other tabs of a busy
+    browser would starve it for seconds."""
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._readers = 0
         self._writer = False
+        self._waiting = 0  # tabs waiting to be alone
 
     def acquire(self, alone: bool) -> None:
         with self._condition:
             if alone:
+                self._waiting += 1
                 while self._writer or self._readers:
                     self._condition.wait()
+                self._waiting -= 1
                 self._writer = True
             else:
-                while self._writer:
+                while self._writer or self._waiting:
                     self._condition.wait()
                 self._readers += 1
 

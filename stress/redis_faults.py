@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stress.common import (  # noqa: E402
+from stress.common import (
     AppServer,
     Browser,
     Invariants,
@@ -36,12 +36,11 @@ from stress.common import (  # noqa: E402
     arguments,
     errors_figure,
     latency_figures,
-    redis_ping,
     redis_server,
     workdir,
 )
-from stress.loadgen import LoadResult, check_errors, run_load  # noqa: E402
-from tests.helpers import SilentServer  # noqa: E402
+from stress.loadgen import LoadResult, check_errors, run_load
+from tests.helpers import SilentServer
 
 TIMEOUT, RETRIES = 0.5, 1
 #: The longest a request may take against a store that never answers: each attempt

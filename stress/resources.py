@@ -12,30 +12,34 @@ grow by more than 4 bytes a request (a leak of one small object per request woul
 be 28 bytes or more).
 
 Descriptors and threads: waitress (16 threads) serves the app in a child process
-whose ``/proc/PID/fd`` and thread count are read; each burst is 64 client threads with a connection each, 20 requests apiece, then
-closed.  After a first burst (which fills the store's connection pool: SQLite's
-``max_connections``, redis-py's pool), every later burst must leave
-them where that first one did (or lower).
+whose ``/proc/PID/fd`` and thread count are read; each burst is 64 client threads
+with a connection each, 20 requests apiece, then closed.  After a first burst
+(which fills the store's connection pool: SQLite's ``max_connections``; redis-py's
+pool is filled when the store is made), every later burst must leave them where
+that first one did (or lower).
 
     python stress/resources.py [--quick]
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import multiprocessing
 import os
 import sys
 import threading
 import time
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import generic_session as gs  # noqa: E402
-from stress.app import wsgi  # noqa: E402
-from stress.common import (  # noqa: E402
+import generic_session as gs
+from stress.app import wsgi
+from stress.common import (
     POLL_INTERVAL,
     AppServer,
     Browser,
@@ -45,7 +49,7 @@ from stress.common import (  # noqa: E402
     redis_server,
     workdir,
 )
-from stress.fuzz import call  # noqa: E402
+from stress.fuzz import call
 
 BROWSERS = 500
 #: Traced memory may grow by this much per measured request, and at least by
@@ -101,11 +105,29 @@ def memory(name: str, store: Any, requests: int, inv: Invariants) -> str:
     seconds = time.perf_counter() - started
     growth = samples[-1] - samples[0]
     measured = requests - 2 * warm
-    inv.check(growth <= max(GROWTH_FLOOR, GROWTH_PER_REQUEST * measured), "memory grows with requests",
+    inv.check(growth <= max(GROWTH_FLOOR, GROWTH_PER_REQUEST * measured),
+              "memory grows with requests",
               f"{name}: +{growth} bytes over {requests - 2 * warm} requests")
     return (f"{requests:,} requests in {seconds:.0f} s, traced memory "
             f"{samples[0] / 1024:.0f} KiB after warm-up, {growth / 1024:+.1f} KiB after "
             f"{measured:,} more ({growth / measured:+.2f} B/request)")
+
+
+def memory_in_process(name: str, root: Path, redis_port: int,
+                      requests: int) -> tuple[str, Counter[str], dict[str, str]]:
+    """:func:`memory` for one store, in a process of its own."""
+    import redis as redis_py
+
+    if name == "memory":
+        store: Any = gs.MemoryStore()
+    elif name == "sqlite":
+        store = gs.SQLiteStore(root / "memory.db")
+    else:
+        store = gs.RedisStore(redis_py.Redis(host="127.0.0.1", port=redis_port,
+                                             socket_timeout=2))
+    inv = Invariants(name)
+    figures = memory(name, store, requests, inv)
+    return figures, inv.broken, inv.examples
 
 
 def settle(expected: int, count: Any) -> int:
@@ -174,16 +196,18 @@ def main() -> None:
         root = Path(tmp)
         redis = redis_server(root)
         try:
-            import redis as redis_py
 
-            def stores() -> dict[str, Any]:
-                client = redis_py.Redis(host=redis.host, port=redis.port, socket_timeout=2)
-                return {"memory": gs.MemoryStore(),
-                        "sqlite": gs.SQLiteStore(root / f"s{time.monotonic_ns()}.db"),
-                        "redis": gs.RedisStore(client)}
-
-            for name, store in stores().items():
-                print(f"  {name:6} memory: {memory(name, store, requests, inv)}", flush=True)
+            # One process per store (tracemalloc counts its own process only): the
+            # three run side by side.
+            context = multiprocessing.get_context("fork")
+            with concurrent.futures.ProcessPoolExecutor(3, mp_context=context) as pool:
+                futures = {name: pool.submit(memory_in_process, name, root, redis.port,
+                                             requests)
+                           for name in ("memory", "sqlite", "redis")}
+                for name, future in futures.items():
+                    figures, broken, examples = future.result()
+                    inv.merge(broken, examples)
+                    print(f"  {name:6} memory: {figures}", flush=True)
             specs = {"memory": "memory", "sqlite": f"sqlite:{root / 'bursts.db'}",
                      # the pool filled to waitress' 16 threads from the start: a fixed count
                      "redis": f"{redis.url}?prefill=16"}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stress.common import AppServer, Browser, Invariants, Tab, arguments, workdir  # noqa: E402
+from stress.common import AppServer, Browser, Invariants, Tab, arguments, workdir
 
 WRITERS = 8
 
