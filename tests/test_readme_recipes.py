@@ -32,9 +32,9 @@ import server
 from generic_session import SQLiteStore
 from tests.helpers import (
     LOOPBACK,
-    UvicornServer,
     POLL_INTERVAL,
     PROJECT_ROOT,
+    UvicornServer,
     http_session,
     log_tail,
     stop_process,
