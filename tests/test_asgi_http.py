@@ -158,6 +158,12 @@ async def login(request: Request) -> JSONResponse:
     return JSONResponse(await _session(request).get_all())
 
 
+async def set_five_at_once(request: Request) -> JSONResponse:
+    session = _session(request)
+    await asyncio.gather(*[session.set(f"k{i}", i) for i in range(5)])  # five tasks, one session
+    return JSONResponse(await session.get_all())
+
+
 async def health(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
@@ -203,6 +209,7 @@ def starlette_app(store: Any, *, gate: Gate | None = None,
     routes = [
         Route("/set/{k}/{v}", set_value), Route("/get/{k}", get_value), Route("/all", get_all),
         Route("/incr/{k}", incr), Route("/logout", logout), Route("/login", login),
+        Route("/five", set_five_at_once),
         Route("/health", health), Route("/stream/first", stream_using_the_session_first),
         Route("/stream/late", stream_using_the_session_late),
         WebSocketRoute("/ws", websocket_session),
@@ -461,6 +468,20 @@ def test_incr_counts_atomically_over_concurrent_requests(serve_asgi: Serve) -> N
 
     assert first == [1, 2, 3]
     assert sorted(concurrent) == list(range(4, 54))  # every sum once: none lost, none twice
+
+
+def test_tasks_of_one_request_starting_its_session_at_once_share_one_token(
+    serve_asgi: Serve,
+) -> None:
+    store = gs.MemoryStore()
+    server = serve_asgi(starlette_app(store))
+
+    response = fetch(f"{server.url}/five")
+
+    assert response.json() == {f"k{i}": i for i in range(5)}
+    assert [name for name, _, _ in map(parse_set_cookie, response.raw.headers.getlist(
+        "Set-Cookie"))] == ["s", "s.sig"]  # one cookie: one session was issued
+    assert "sessions=1" in repr(store)
 
 
 # --------------------------------------------------------------------------
