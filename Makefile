@@ -133,6 +133,7 @@ lint: venv
 bench: venv
 	$(PY) bench/overhead.py
 	$(PY) bench/stores.py
+	$(PY) bench/asgi.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results
