@@ -2184,7 +2184,9 @@ class _ASGIResponse:
         if kind == "http.response.start":
             self.start = message
             return
-        if kind == "http.response.body" and not self.started and self.start is not None:
+        # The held start goes out before the first body message: a body chunk, or a
+        # file by path (the "http.response.pathsend" extension, Starlette's FileResponse).
+        if not self.started and self.start is not None and kind in _BODY_MESSAGES:
             await self._send(self._with_cookies(self.start))
         await self._send(message)
 
@@ -2206,6 +2208,9 @@ class _ASGIResponse:
                         for value in self.cookies.values()]
         self._scope = self.session = None
         return {**start, "headers": headers}
+
+
+_BODY_MESSAGES = frozenset({"http.response.body", "http.response.pathsend"})
 
 
 def _vary_on_cookie_bytes(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -158,3 +158,34 @@ def test_a_task_cancelled_while_it_waits_for_the_session_does_not_stall_the_next
 
     assert cancelled
     assert sent == ["s", "s.sig"]  # one session, one cookie: a and c shared it
+
+
+def test_a_file_sent_by_path_goes_after_the_start_with_the_cookie() -> None:
+    # Once failed: the start was released only by a body message, so an app sending
+    # "http.response.pathsend" (Starlette's FileResponse, where the server offers it)
+    # had its file go out before the response start.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await scope["session"].set("k", "v")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": "/etc/hostname"})
+
+    async def scenario() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": [],
+                 "scheme": "http", "extensions": {"http.response.pathsend": {}}}
+        await gs.ASGIMiddleware(app, gs.MemoryStore(), keys=KEYS)(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(scenario())
+
+    assert [message["type"] for message in sent] == ["http.response.start",
+                                                      "http.response.pathsend"]
+    names = [name for name, _ in sent[0]["headers"]]
+    assert names.count(b"set-cookie") == 2
