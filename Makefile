@@ -134,6 +134,7 @@ lint: venv
 bench: venv
 	$(PY) bench/overhead.py
 	$(PY) bench/stores.py
+	$(PY) bench/asgi.py
 
 # Each part starts the servers it needs on free loopback ports (redis-server and
 # redis-cli must be installed), prints its figures and fails on a broken

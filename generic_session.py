@@ -31,7 +31,7 @@ a store.
 
 1. Types, errors and option checks    6. WSGI and Bottle integration
 2. Signing (Keygrip)                  7. ASGI and async
-3. Cookies                            8. Shipped stores: Memory, SQLite, Redis
+3. Cookies                            8. Shipped stores: Memory, SQLite, Redis (sync, async)
 4. The Store API                      9. Appendix: check_store, the contract
 5. Sessions (the core: no WSGI in it)
 
@@ -65,6 +65,7 @@ if sys.version_info < (3, 11):  # noqa: UP036 (the check is for interpreters old
 import base64
 import binascii
 import calendar
+import contextlib
 import copy
 import email.utils
 import functools
@@ -83,13 +84,14 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, TypeAlias, cast, runtime_checkable
 
 __all__ = [
     "ENVIRON_KEY",
     "TWO_WEEKS",
     "ASGIMiddleware",
     "AsyncGenericSession",
+    "AsyncRedisStore",
     "AsyncStore",
     "Callback",
     "CookieSink",
@@ -110,6 +112,7 @@ __all__ = [
     "ThreadedStore",
     "UnknownSession",
     "WSGIApp",
+    "check_async_store",
     "check_store",
     "decode_json",
     "encode_json",
@@ -991,7 +994,7 @@ _LIFECYCLE_TYPES: dict[type, bool] = {}
 
 def _has_lifecycle(store: object) -> bool:
     """Whether ``store`` has the optional lifecycle operations (cached by its type)."""
-    if isinstance(store, ThreadedStore):
+    if isinstance(store, ThreadedStore | _Blocking):  # wrappers: it depends on the store inside
         return store.lifecycle
     kind = type(store)
     known = _LIFECYCLE_TYPES.get(kind)
@@ -1133,11 +1136,18 @@ class _SessionCore:
                           signed=options.keygrip is not None)
 
     def _live_now(self) -> None:
-        """The candidate is live: (re)send its cookie where needed."""
+        """The candidate is live: (re)send its cookie where needed.
+
+        Re-sending only slides the cookie's expiry or re-signs it with the newest key;
+        the browser's cookie still works without it.  So when the response has
+        already started, it is skipped rather than failing an operation the store
+        has already carried out (the app would be told a stored write failed).
+        """
         self._state = _LIVE
         if self._resend:
             self._resend = False
-            self._send_cookie(self._token, self._signature)  # type: ignore[arg-type]
+            with contextlib.suppress(SessionError):  # the headers are out: see above
+                self._send_cookie(self._token, self._signature)  # type: ignore[arg-type]
 
     def _ended(self, name: str, write: bool) -> Any:
         """What an operation on an ended session gives: nothing read, no write."""
@@ -2005,7 +2015,7 @@ class AsyncGenericSession(_SessionCore):
     mapping view: ``session["k"]`` could not be awaited.
     """
 
-    __slots__ = ("_awaits", "_lock")
+    __slots__ = ("_awaits", "_running", "_waiting")
 
     @classmethod
     def lazy(cls, store: AsyncStore | MemoryStore, options: SessionOptions, cookies: Cookies,
@@ -2020,10 +2030,11 @@ class AsyncGenericSession(_SessionCore):
         super()._bind(store, options, cookies, https)
         awaits = _AWAITS.get(type(store))
         self._awaits = _check_async_store(store) if awaits is None else awaits
-        import asyncio  # here, not at the top: 35 ms that a WSGI app never needs
-
-        # Two tasks of one request may touch a new session at once: one token only.
-        self._lock = asyncio.Lock()
+        # Two tasks of one request may touch a new session at once: one plan at a time,
+        # so one token only.  A flag and, only when a second task comes, a queue of
+        # futures: an asyncio.Lock made for every request cost ~0.95 us (bench/asgi.py).
+        self._running = False
+        self._waiting: list[Any] = []
 
     async def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         result = getattr(self.store, name)(*args, **kwargs)
@@ -2031,18 +2042,31 @@ class AsyncGenericSession(_SessionCore):
 
     async def _drive(self, plan: _Plan) -> Any:
         """Run ``plan``, awaiting each store call it asks for; one plan at a time."""
-        async with self._lock:
-            try:
-                name, args, kwargs = next(plan)
-                while True:
-                    try:
-                        result = await self._call(name, args, kwargs)
-                    except BaseException as error:  # the plan decides: it may undo, or not
-                        name, args, kwargs = plan.throw(error)
-                    else:
-                        name, args, kwargs = plan.send(result)
-            except StopIteration as done:
-                return done.value
+        while self._running:  # another task's plan runs: wait until it is done
+            import asyncio
+
+            turn = asyncio.get_running_loop().create_future()
+            self._waiting.append(turn)
+            await turn
+        self._running = True
+        try:
+            name, args, kwargs = next(plan)
+            while True:
+                try:
+                    result = await self._call(name, args, kwargs)
+                except BaseException as error:  # the plan decides: it may undo, or not
+                    name, args, kwargs = plan.throw(error)
+                else:
+                    name, args, kwargs = plan.send(result)
+        except StopIteration as done:
+            return done.value
+        finally:
+            self._running = False
+            while self._waiting:  # the next one in line goes on (and checks the flag again)
+                turn = self._waiting.pop(0)
+                if not turn.done():  # done: that task was cancelled while it waited
+                    turn.set_result(None)
+                    break
 
     async def _operation(self, name: str, args: tuple[Any, ...], write: bool) -> Any:
         if self._fast(name):  # live already: one store call, no plan
@@ -2160,7 +2184,9 @@ class _ASGIResponse:
         if kind == "http.response.start":
             self.start = message
             return
-        if kind == "http.response.body" and not self.started and self.start is not None:
+        # The held start goes out before the first body message: a body chunk, or a
+        # file by path (the "http.response.pathsend" extension, Starlette's FileResponse).
+        if not self.started and self.start is not None and kind in _BODY_MESSAGES:
             await self._send(self._with_cookies(self.start))
         await self._send(message)
 
@@ -2184,11 +2210,20 @@ class _ASGIResponse:
         return {**start, "headers": headers}
 
 
+_BODY_MESSAGES = frozenset({"http.response.body", "http.response.pathsend"})
+
+
 def _vary_on_cookie_bytes(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """:func:`_vary_on_cookie` for ASGI's byte-string headers."""
-    text = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
-    return [(name.encode("latin-1"), value.encode("latin-1"))
-            for name, value in _vary_on_cookie(text)]
+    """:func:`_vary_on_cookie` for ASGI's byte-string headers, on the bytes: decoding
+    every header to reuse the str version cost ~1.0 us a request (bench/asgi.py)."""
+    for index, (name, value) in enumerate(headers):
+        if name.lower() == b"vary":
+            varies = {item.strip().lower() for item in value.split(b",")}
+            headers = list(headers)
+            if not varies & {b"cookie", b"*"}:
+                headers[index] = (name, value + b", Cookie" if value.strip() else b"Cookie")
+            return headers
+    return [*headers, (b"vary", b"Cookie")]
 
 
 def _websocket_sink(token: str | None, cookie_name: str) -> CookieSink:
@@ -3111,83 +3146,106 @@ def _text(data: str | bytes) -> str:
     return data.decode("utf-8") if isinstance(data, bytes) else data
 
 
-class RedisStore:
-    """A store on Redis, for sessions shared by many servers; Redis' expiry cleans up.
+class _RedisCall:
+    """One command a Redis store's plan asks its driver to send, and how to send it.
 
-    Each session is one Redis hash (one key, so it works on a cluster), a field
-    per session key holding JSON text.  Every operation is one server-side script
-    (one EVALSHA: one round trip, atomic), the expiry renewal and the lifecycle's
-    checks included; the lifecycle's own field cannot collide with any key.
-
-    :param client: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` the app
-        already has (set its ``socket_timeout``: a store that hangs hangs requests).
-        ``decode_responses`` may be on or off.
-    :param prefix: put before every session id to make the Redis key.
+    ``script`` is ``"op"`` (the one-key operation script), ``"rename"`` (one server's
+    RENAME script) or ``"del"`` (a plain DEL).  ``secret`` are the strings of this call
+    that must never reach a message (the Redis keys, which hold the session token,
+    and stored JSON text).  ``write`` says whether ``wait_replicas`` applies.
     """
 
-    def __init__(self, client: Any, prefix: str = "") -> None:
-        if not callable(getattr(client, "pipeline", None)):
-            raise ValueError("client must be a redis.Redis or RedisCluster client (with a "
-                             f"pipeline() method), got {type(client).__name__} {client!r}")
+    __slots__ = ("args", "keys", "op", "script", "secret", "write")
+
+    def __init__(self, op: str, script: str, keys: list[str], args: list[str | int],
+                 secret: tuple[str, ...], write: bool) -> None:
+        self.op, self.script, self.keys, self.args = op, script, keys, args
+        self.secret, self.write = secret, write
+
+
+#: What a plan is: it yields the calls to send, is sent their replies (or has the
+#: StoreError of a failed one thrown into it) and returns the operation's result.
+_RedisPlan: TypeAlias = Generator[_RedisCall, Any, Any]
+
+#: What ``_RedisBase._waited`` returns for a script the server does not have yet.
+_NOSCRIPT = object()
+
+#: The operations that change the session (the others only read, and renew the
+#: expiry only when the renewal is due).
+_REDIS_WRITES = frozenset({"set", "delete", "incr", "create", "put", "take", "extend"})
+
+
+class _RedisBase:
+    """What :class:`RedisStore` and :class:`AsyncRedisStore` share: every operation
+    written once, as a *plan* that yields the commands it needs and gets their replies
+    back; each store's driver sends them, blocking or awaited.  So the two keep
+    sessions in exactly one layout, and a WSGI app and an ASGI app share them.
+    """
+
+    _kind = "RedisStore"
+
+    def __init__(self, client: Any, prefix: str, wait_replicas: int, wait_timeout: float,
+                 asynchronous: bool) -> None:
+        if not callable(getattr(client, "register_script", None)):
+            raise TypeError(f"{self._kind} needs a redis-py client (with a register_script() "
+                            f"method), got {type(client).__name__}")
+        if inspect.iscoroutinefunction(client.execute_command) != asynchronous:
+            want, use = (("a redis.asyncio.Redis or redis.asyncio.RedisCluster", "RedisStore")
+                         if asynchronous else
+                         ("a redis.Redis or redis.cluster.RedisCluster", "AsyncRedisStore"))
+            raise TypeError(f"{self._kind} needs {want} client, got "
+                            f"{type(client).__module__}.{type(client).__name__}: "
+                            f"use {use} for that one")
         if not isinstance(prefix, str):
-            raise ValueError(f"prefix must be a str, got {type(prefix).__name__} {prefix!r}")
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__} {prefix!r}")
         self.client = client
         self.prefix = prefix
+        #: Replicas that must have each write before it is acknowledged (0: do not wait).
+        self.wait_replicas = _check_count(wait_replicas, "wait_replicas", "replicas", least=0)
+        #: Seconds to wait for them before the write fails with StoreError.
+        self.wait_timeout = _check_seconds(wait_timeout, "wait_timeout", 3600.0,
+                                           "an hour: a request would hang that long")
         self.address = _redis_address(client)
-        self._where = f"RedisStore at {self.address}"
-        self._op: Any = None  # the scripts, registered on first use
-        self._rename: Any = None
+        self._where = f"{self._kind} at {self.address}"
+        self._cluster = callable(getattr(client, "get_node_from_key", None))
+        self._scripts: dict[str, Any] = {}  # registered on first use: sends nothing
 
     def __repr__(self) -> str:
-        return f"RedisStore(address={self.address!r}, prefix={self.prefix!r})"
+        waits = f", wait_replicas={self.wait_replicas}" if self.wait_replicas else ""
+        return f"{self._kind}(address={self.address!r}, prefix={self.prefix!r}{waits})"
 
     def _repr_html_(self) -> str:
-        return _html_table("RedisStore", [("address", self.address), ("prefix", self.prefix)])
+        return _html_table(self._kind, [("address", self.address), ("prefix", self.prefix),
+                                        ("wait_replicas", self.wait_replicas)])
 
     @staticmethod
     def _ms(expire: float) -> int:
         return max(1, math.ceil(expire * 1000))
 
-    def _script(self, op: str, name: str, live: bool, expire: float, *args: str | int,
-                secret: tuple[str, ...] = ()) -> list[Any]:
-        """Run one operation as one EVALSHA of the store's script (redis-py's ``Script``
-        sends the script again on NOSCRIPT): one command, one round trip, atomic.
+    def _script(self, which: str) -> Any:
+        script = self._scripts.get(which)
+        if script is None:
+            source = _REDIS_OP if which == "op" else _REDIS_RENAME
+            script = self._scripts[which] = self.client.register_script(source)
+        return script
+
+    # -- plans: the operations, written once --------------------------------
+
+    def _op(self, op: str, name: str, live: bool, expire: float, *args: str | int,
+            secret: tuple[str, ...] = ()) -> Generator[_RedisCall, Any, list[Any]]:
+        """One run of the operation script on the hash ``name``.
 
         :raises UnknownSession: for a live operation on a session that is not live.
         """
-        if self._op is None:  # made once, on first use: register_script sends nothing
-            self._op = self.client.register_script(_REDIS_OP)
-        script = self._op
-        reply: list[Any] = self._request(
-            op, lambda: script(keys=[name], args=[op, int(live), self._ms(expire), *args]),
-            name, *secret)
+        reply: list[Any] = yield _RedisCall(
+            op, "op", [name], [op, int(live), self._ms(expire), *args], (name, *secret),
+            op in _REDIS_WRITES)
         if int(reply[0]) == 0:
             raise _unknown(self._where, op)
         return reply
 
-    def _request(self, op: str, send: Callable[[], Any], *secret: str) -> Any:
-        """``send()`` to Redis; failures become StoreError naming no secret.
-
-        ``secret`` are the strings of this call that must not reach a log (the
-        Redis key, which holds the session token, and the stored JSON text): they
-        are cut out of the error's message along with the command redis-py quotes.
-        """
-        try:
-            return send()
-        except (TypeError, ValueError):  # a bad argument of the caller's: Redis is fine
-            raise
-        except Exception as error:  # redis-py raises its own ConnectionError, TimeoutError...
-            failure = error
-        # Raised here, out of the except block, so that the original error (whose args
-        # quote the command with the token and the value) is not even the __context__.
-        message = _redacted_message(failure, secret)
-        raise StoreError(
-            f"{self._where}: {op} failed: {type(failure).__name__}: {message}"
-        ) from _sanitised_copy(failure, message)
-
-    def get(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> Any:
-        """Return a copy of the value of ``key``, or None (one script: HGET, PEXPIRE)."""
-        reply = self._script("get", self.prefix + id, live, expire, key)
+    def _get(self, id: SessionId, key: str, expire: float, live: bool) -> _RedisPlan:
+        reply = yield from self._op("get", self.prefix + id, live, expire, key)
         value = reply[1] if len(reply) > 1 else None
         if value is None:
             return None
@@ -3197,9 +3255,8 @@ class RedisStore:
             failure = _not_json(self._where, "get", [(key, value)])
         raise failure  # out of the except block: the decode error (holding the value) is dropped
 
-    def get_all(self, id: SessionId, expire: float, *, live: bool = False) -> dict[str, Any]:
-        """Return a copy of all the session's data (one script: HGETALL, PEXPIRE)."""
-        flat = self._script("get_all", self.prefix + id, live, expire)[1]
+    def _get_all(self, id: SessionId, expire: float, live: bool) -> _RedisPlan:
+        flat = (yield from self._op("get_all", self.prefix + id, live, expire))[1]
         fields = list(zip(flat[::2], flat[1::2], strict=True))
         try:
             return {_text(field): decode_json(value) for field, value in fields}
@@ -3207,36 +3264,28 @@ class RedisStore:
             failure = _not_json(self._where, "get_all", fields)
         raise failure
 
-    def set(self, id: SessionId, key: str, value: Any, expire: float, *,
-            live: bool = False) -> None:
-        """Store ``value`` under ``key`` (one script: HSET, PEXPIRE)."""
+    def _set(self, id: SessionId, key: str, value: Any, expire: float, live: bool) -> _RedisPlan:
         text = encode_json(key, value)
-        self._script("set", self.prefix + id, live, expire, key, text, secret=(text,))
+        yield from self._op("set", self.prefix + id, live, expire, key, text, secret=(text,))
 
-    def delete(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> None:
-        """Remove ``key`` from the session (one script: HDEL, PEXPIRE)."""
-        self._script("delete", self.prefix + id, live, expire, key)
+    def _delete(self, id: SessionId, key: str, expire: float, live: bool) -> _RedisPlan:
+        yield from self._op("delete", self.prefix + id, live, expire, key)
 
-    def delete_all(self, id: SessionId) -> None:
-        """Remove the whole session (DEL)."""
+    def _delete_all(self, id: SessionId) -> _RedisPlan:
         name = self.prefix + id
-        self._request("delete_all", lambda: self.client.delete(name), name)
+        yield _RedisCall("delete_all", "del", [name], [], (name,), True)
 
-    def extend(self, id: SessionId, expire: float, *, live: bool = False) -> None:
-        """Renew the session's expiry (a no-op for a session that does not exist)."""
-        self._script("extend", self.prefix + id, live, expire)
+    def _extend(self, id: SessionId, expire: float, live: bool) -> _RedisPlan:
+        yield from self._op("extend", self.prefix + id, live, expire)
 
-    def create(self, id: SessionId, expire: float, lifetime: float | None = None) -> None:
-        """Make ``id`` a live session with no data (one script: DEL, HSET of the lifecycle
-        field, PEXPIRE); its deadline is measured by the Redis server's clock."""
-        self._script("create", self.prefix + id, False, expire,
-                     0 if lifetime is None else self._ms(lifetime))
+    def _create(self, id: SessionId, expire: float, lifetime: float | None) -> _RedisPlan:
+        yield from self._op("create", self.prefix + id, False, expire,
+                            0 if lifetime is None else self._ms(lifetime))
 
-    def incr(self, id: SessionId, key: str, amount: int, expire: float, *,
-             live: bool = False) -> int:
-        """Add ``amount`` to the integer under ``key`` (one script: HINCRBY, PEXPIRE)."""
+    def _incr(self, id: SessionId, key: str, amount: int, expire: float,
+              live: bool) -> _RedisPlan:
         _check_amount(self._where, key, amount)
-        reply = self._script("incr", self.prefix + id, live, expire, key, amount)
+        reply = yield from self._op("incr", self.prefix + id, live, expire, key, amount)
         if int(reply[0]) == 2:
             raise TypeError(f"{self._where}: incr found a value under key {key!r} that is "
                             "not a JSON integer; nothing was changed")
@@ -3244,6 +3293,183 @@ class RedisStore:
             raise ValueError(f"{self._where}: incr of key {key!r} would leave the signed "
                              "64-bit range; nothing was changed")
         return int(reply[1])
+
+    def _rename(self, id: SessionId, new_id: SessionId, expire: float) -> _RedisPlan:
+        old, new = self.prefix + id, self.prefix + new_id
+        if not self._cluster:
+            reply = yield _RedisCall("rename", "rename", [old, new], [self._ms(expire)],
+                                     (old, new), True)
+            if int(reply[0]) == 0:
+                raise _unknown(self._where, "rename")
+        else:
+            fields = (yield from self._op("take", old, True, expire))[1]
+            try:
+                reply = yield from self._op("put", new, False, expire, *fields)
+            except BaseException:  # best effort: put it back
+                yield from self._op("put", old, False, expire, *fields)
+                raise
+        left = int(reply[1])
+        return None if left < 0 else left / 1000
+
+    # -- what the drivers share ---------------------------------------------
+
+    def _failure(self, call: _RedisCall, error: BaseException) -> StoreError:
+        """The StoreError for ``call`` failing with redis-py's ``error``, naming no secret.
+
+        The Redis key (which holds the session token) and the stored JSON text are cut
+        out of the message along with the command redis-py quotes; the cause is a
+        sanitised copy, so the original (whose args quote the command) is dropped.
+        """
+        message = _redacted_message(error, call.secret)
+        failure = StoreError(f"{self._where}: {call.op} failed: {type(error).__name__}: {message}")
+        failure.__cause__ = _sanitised_copy(error, message)
+        return failure
+
+    def _waits(self, call: _RedisCall) -> bool:
+        return self.wait_replicas > 0 and call.write
+
+    def _pipelined(self, call: _RedisCall, pipe: Any) -> None:
+        """Queue ``call`` and a WAIT on ``pipe``: one round trip, on one connection,
+        which is what WAIT counts (it waits for that connection's writes)."""
+        if call.script == "del":
+            pipe.delete(*call.keys)
+        else:
+            pipe.evalsha(self._script(call.script).sha, len(call.keys), *call.keys, *call.args)
+        pipe.execute_command("WAIT", self.wait_replicas, self._ms(self.wait_timeout))
+
+    def _waited(self, call: _RedisCall, replies: list[Any], loaded: bool) -> Any:
+        """The reply of a pipelined ``call`` + WAIT, or raise what went wrong.
+
+        :returns: ``_NOSCRIPT`` when the server lacks the script (flushed, or a new
+            server) and it has not just been ``loaded``: it did not run, so the
+            caller loads it and sends the call again.
+        """
+        reply, acked = replies
+        if isinstance(reply, Exception):
+            if type(reply).__name__ == "NoScriptError" and not loaded:
+                return _NOSCRIPT
+            raise reply
+        if isinstance(acked, Exception):
+            raise acked
+        if int(acked) < self.wait_replicas:
+            raise StoreError(
+                f"{self._where}: {call.op} was written on the primary, but only {int(acked)} "
+                f"of the {self.wait_replicas} replicas asked for (wait_replicas) had it within "
+                f"wait_timeout={self.wait_timeout}s: it may be lost if the primary fails")
+        return reply
+
+    def _node(self, key: str) -> Any:
+        """The client to pipeline a write + WAIT on: the server holding ``key``."""
+        if not self._cluster:
+            return self.client
+        if not callable(getattr(self.client, "get_redis_connection", None)):
+            raise TypeError(f"{self._where}: wait_replicas needs a cluster client with "
+                            "get_redis_connection() (redis.cluster.RedisCluster)")
+        return self.client.get_redis_connection(self.client.get_node_from_key(key))
+
+
+class RedisStore(_RedisBase):
+    """A store on Redis, for sessions shared by many servers; Redis' expiry cleans up.
+
+    Each session is one Redis hash (one key, so it works on a cluster), a field
+    per session key holding JSON text.  Every operation is one server-side script
+    (one EVALSHA: one round trip, atomic), the expiry renewal and the lifecycle's
+    checks included; the lifecycle's own field cannot collide with any key.  A read
+    (``get``, ``get_all``) renews the expiry only when it has fallen more than
+    ``min(60 s, 1% of expire)`` behind, so most reads write nothing.
+
+    :param client: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` the app
+        already has (set its ``socket_timeout``: a store that hangs hangs requests).
+        ``decode_responses`` may be on or off.  For a ``redis.asyncio`` client use
+        :class:`AsyncRedisStore`.
+    :param prefix: put before every session id to make the Redis key.
+    :param wait_replicas: acknowledge a write only once this many replicas have it
+        (Redis ``WAIT``, pipelined with the write: still one round trip, plus the
+        replicas' delay), so that a failover loses no acknowledged write.  0, the
+        default, does not wait: Redis replicates asynchronously.
+    :param wait_timeout: seconds to wait for those replicas; when fewer have the
+        write by then, it raises :class:`StoreError` (a 503) saying so.
+    :raises TypeError: for a client that is not a blocking redis-py client.
+    """
+
+    def __init__(self, client: Any, prefix: str = "", *, wait_replicas: int = 0,
+                 wait_timeout: float = 1.0) -> None:
+        super().__init__(client, prefix, wait_replicas, wait_timeout, asynchronous=False)
+
+    # The shared repr, named here so that each public class shows its own state.
+    __repr__ = _RedisBase.__repr__
+
+    def _run(self, plan: _RedisPlan) -> Any:
+        """Carry out ``plan``: send each call it yields, blocking, and return its result."""
+        try:
+            call = next(plan)
+            while True:
+                try:
+                    reply = self._send(call)
+                except StoreError as error:
+                    call = plan.throw(error)
+                else:
+                    call = plan.send(reply)
+        except StopIteration as done:
+            return done.value
+
+    def _send(self, call: _RedisCall) -> Any:
+        try:
+            if self._waits(call):
+                node = self._node(call.keys[0])
+                for loaded in (False, True):
+                    with node.pipeline(transaction=False) as pipe:
+                        self._pipelined(call, pipe)
+                        reply = self._waited(call, pipe.execute(raise_on_error=False), loaded)
+                    if reply is not _NOSCRIPT:
+                        return reply
+                    node.script_load(self._script(call.script).script)
+            if call.script == "del":
+                return self.client.delete(*call.keys)
+            return self._script(call.script)(keys=call.keys, args=call.args)
+        except (TypeError, ValueError, StoreError):  # a bad argument of the caller's: Redis is fine
+            raise
+        except Exception as error:  # redis-py raises its own ConnectionError, TimeoutError...
+            failure = error
+        # Raised here, out of the except block, so that the original error (whose args
+        # quote the command with the token and the value) is not even the __context__.
+        raise self._failure(call, failure)
+
+    def get(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> Any:
+        """Return a copy of the value of ``key``, or None (one script: HGET, and PEXPIRE
+        when the renewal is due)."""
+        return self._run(self._get(id, key, expire, live))
+
+    def get_all(self, id: SessionId, expire: float, *, live: bool = False) -> dict[str, Any]:
+        """Return a copy of all the session's data (one script: HGETALL, PEXPIRE if due)."""
+        return self._run(self._get_all(id, expire, live))  # type: ignore[no-any-return]
+
+    def set(self, id: SessionId, key: str, value: Any, expire: float, *,
+            live: bool = False) -> None:
+        """Store ``value`` under ``key`` (one script: HSET, PEXPIRE)."""
+        self._run(self._set(id, key, value, expire, live))
+
+    def delete(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> None:
+        """Remove ``key`` from the session (one script: HDEL, PEXPIRE)."""
+        self._run(self._delete(id, key, expire, live))
+
+    def delete_all(self, id: SessionId) -> None:
+        """Remove the whole session (DEL)."""
+        self._run(self._delete_all(id))
+
+    def extend(self, id: SessionId, expire: float, *, live: bool = False) -> None:
+        """Renew the session's expiry (a no-op for a session that does not exist)."""
+        self._run(self._extend(id, expire, live))
+
+    def create(self, id: SessionId, expire: float, lifetime: float | None = None) -> None:
+        """Make ``id`` a live session with no data (one script: DEL, HSET of the lifecycle
+        field, PEXPIRE); its deadline is measured by the Redis server's clock."""
+        self._run(self._create(id, expire, lifetime))
+
+    def incr(self, id: SessionId, key: str, amount: int, expire: float, *,
+             live: bool = False) -> int:
+        """Add ``amount`` to the integer under ``key`` (one script: HINCRBY, PEXPIRE)."""
+        return self._run(self._incr(id, key, amount, expire, live))  # type: ignore[no-any-return]
 
     def rename(self, id: SessionId, new_id: SessionId, expire: float) -> float | None:
         """Move the live session ``id`` to ``new_id`` (data and deadline); end ``id``.
@@ -3254,26 +3480,109 @@ class RedisStore:
         another.  Between the two no request can use either id (its requests see the
         session ended); if the second fails, the data is put back under the old id.
         """
-        old, new = self.prefix + id, self.prefix + new_id
-        if not callable(getattr(self.client, "get_node_from_key", None)):  # not a cluster
-            if self._rename is None:
-                self._rename = self.client.register_script(_REDIS_RENAME)
-            script = self._rename
-            reply = self._request("rename", lambda: script(
-                keys=[old, new], args=[self._ms(expire)]), old, new)
-            if int(reply[0]) == 0:
-                raise _unknown(self._where, "rename")
-            left = int(reply[1])
-        else:
-            taken = self._script("take", old, True, expire)
-            fields = taken[1]
-            try:
-                reply = self._script("put", new, False, expire, *fields)
-            except BaseException:
-                self._script("put", old, False, expire, *fields)  # best effort: put it back
-                raise
-            left = int(reply[1])
-        return None if left < 0 else left / 1000
+        return self._run(self._rename(id, new_id, expire))  # type: ignore[no-any-return]
+
+
+class AsyncRedisStore(_RedisBase):
+    """:class:`RedisStore` for asyncio: the same operations, scripts and layout, awaited.
+
+    A WSGI app with a ``RedisStore`` and an ASGI app with an ``AsyncRedisStore`` on the
+    same Redis (and ``prefix``) share their sessions.
+
+    :param client: a ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster`` (set
+        its ``socket_timeout``).
+    :param prefix: put before every session id to make the Redis key.
+    :param wait_replicas: as for :class:`RedisStore`; on one server only (a
+        ``redis.asyncio.RedisCluster`` offers no client per node to pipeline on).
+    :param wait_timeout: as for :class:`RedisStore`.
+    :raises TypeError: for a client that is not a redis-py asyncio client.
+    """
+
+    _kind = "AsyncRedisStore"
+    # The shared repr, named here so that each public class shows its own state.
+    __repr__ = _RedisBase.__repr__
+
+    def __init__(self, client: Any, prefix: str = "", *, wait_replicas: int = 0,
+                 wait_timeout: float = 1.0) -> None:
+        super().__init__(client, prefix, wait_replicas, wait_timeout, asynchronous=True)
+        if self.wait_replicas and self._cluster:
+            raise ValueError("AsyncRedisStore: wait_replicas is supported on one Redis "
+                             "server, not with a redis.asyncio.RedisCluster client; use "
+                             "RedisStore (through ThreadedStore) with redis.cluster.RedisCluster")
+
+    async def _run(self, plan: _RedisPlan) -> Any:
+        """Carry out ``plan``: send each call it yields, awaited, and return its result."""
+        try:
+            call = next(plan)
+            while True:
+                try:
+                    reply = await self._send(call)
+                except StoreError as error:
+                    call = plan.throw(error)
+                else:
+                    call = plan.send(reply)
+        except StopIteration as done:
+            return done.value
+
+    async def _send(self, call: _RedisCall) -> Any:
+        try:
+            if self._waits(call):
+                for loaded in (False, True):
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        self._pipelined(call, pipe)
+                        replies = await pipe.execute(raise_on_error=False)
+                        reply = self._waited(call, replies, loaded)
+                    if reply is not _NOSCRIPT:
+                        return reply
+                    await self.client.script_load(self._script(call.script).script)
+            if call.script == "del":
+                return await self.client.delete(*call.keys)
+            return await self._script(call.script)(keys=call.keys, args=call.args)
+        except (TypeError, ValueError, StoreError):
+            raise
+        except Exception as error:
+            failure = error
+        raise self._failure(call, failure)
+
+    async def get(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> Any:
+        """:meth:`RedisStore.get`, awaited."""
+        return await self._run(self._get(id, key, expire, live))
+
+    async def get_all(self, id: SessionId, expire: float, *,
+                      live: bool = False) -> dict[str, Any]:
+        """:meth:`RedisStore.get_all`, awaited."""
+        return await self._run(self._get_all(id, expire, live))  # type: ignore[no-any-return]
+
+    async def set(self, id: SessionId, key: str, value: Any, expire: float, *,
+                  live: bool = False) -> None:
+        """:meth:`RedisStore.set`, awaited."""
+        await self._run(self._set(id, key, value, expire, live))
+
+    async def delete(self, id: SessionId, key: str, expire: float, *,
+                     live: bool = False) -> None:
+        """:meth:`RedisStore.delete`, awaited."""
+        await self._run(self._delete(id, key, expire, live))
+
+    async def delete_all(self, id: SessionId) -> None:
+        """:meth:`RedisStore.delete_all`, awaited."""
+        await self._run(self._delete_all(id))
+
+    async def extend(self, id: SessionId, expire: float, *, live: bool = False) -> None:
+        """:meth:`RedisStore.extend`, awaited."""
+        await self._run(self._extend(id, expire, live))
+
+    async def create(self, id: SessionId, expire: float, lifetime: float | None = None) -> None:
+        """:meth:`RedisStore.create`, awaited."""
+        await self._run(self._create(id, expire, lifetime))
+
+    async def incr(self, id: SessionId, key: str, amount: int, expire: float, *,
+                   live: bool = False) -> int:
+        """:meth:`RedisStore.incr`, awaited."""
+        return await self._run(self._incr(id, key, amount, expire, live))  # type: ignore[no-any-return]
+
+    async def rename(self, id: SessionId, new_id: SessionId, expire: float) -> float | None:
+        """:meth:`RedisStore.rename`, awaited (on a Cluster: take, then put, as there)."""
+        return await self._run(self._rename(id, new_id, expire))  # type: ignore[no-any-return]
 
 
 # One script for every operation of RedisStore, on one key (KEYS[1], the session's
@@ -3291,18 +3600,22 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function renew()
+-- A read renews only when the expiry is more than the slack away from where a renewal
+-- puts it (so most reads write nothing, and replicate nothing): min(60 s, 1% of expire).
+local function renew(read)
   local ms = expire
   if meta and tonumber(meta) > 0 then
     local left = tonumber(meta) - now_ms()
     if left < ms then ms = left end
     if ms < 1 then ms = 1 end
   end
+  local slack = math.min(60000, math.floor(expire / 100))
+  if read and math.abs(redis.call('PTTL', key) - ms) <= slack then return end
   redis.call('PEXPIRE', key, ms)
 end
 if op == 'get' then
   local value = redis.call('HGET', key, ARGV[4])
-  renew()
+  renew(true)
   return {1, value}
 elseif op == 'get_all' or op == 'take' then
   local all = redis.call('HGETALL', key)
@@ -3313,7 +3626,7 @@ elseif op == 'get_all' or op == 'take' then
       out[#out + 1] = all[i + 1]
     end
   end
-  if op == 'take' then redis.call('DEL', key) else renew() end
+  if op == 'take' then redis.call('DEL', key) else renew(true) end
   return {1, out}
 elseif op == 'set' then
   redis.call('HSET', key, ARGV[4], ARGV[5])
@@ -3413,7 +3726,7 @@ def _expect(ok: bool, got: Any, name: str, operation: str, expected: str) -> Non
 _LONG = 3600.0
 
 
-def check_store(store: Store, *, expire: float = 0.5, writes: int = 1000) -> None:
+def check_store(store: Store | AsyncStore, *, expire: float = 0.5, writes: int = 1000) -> None:
     """Check that ``store`` keeps the Store API's contract; raise AssertionError if not.
 
     Covers missing keys and unknown sessions, JSON round trips of every JSON
@@ -3428,11 +3741,75 @@ def check_store(store: Store, *, expire: float = 0.5, writes: int = 1000) -> Non
     ``incr`` (atomic under four threads, refusing what is not an integer) and
     ``rename``.  It uses fresh random session ids and deletes them at the end.
 
+    An async store (:class:`AsyncStore`: ``AsyncRedisStore``, ``ThreadedStore(...)``,
+    yours) is checked the same way, on an event loop of its own; from code already
+    running on a loop (a notebook cell, an async test), ``await check_async_store(store)``.
+
     :param expire: the short expiry to test with, in seconds; raise it for a store
         whose expiry is coarser.
     :param writes: how many keys each of the four concurrent writers sets.
     """
-    name = type(store).__name__
+    if _is_async(store):
+        import asyncio
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop running here: the usual case
+            asyncio.run(check_async_store(store, expire=expire, writes=writes))
+            return
+        raise RuntimeError(f"check_store({type(store).__name__}) was called on a running "
+                           "event loop, which it would block: await check_async_store(store)")
+    _check_all(cast(Store, store), type(store).__name__, expire, writes)
+
+
+async def check_async_store(store: AsyncStore | Store, *, expire: float = 0.5,
+                            writes: int = 1000) -> None:
+    """:func:`check_store` for an async store, awaited on the running event loop.
+
+    The same checks run in a worker thread, each store call handed to this loop and
+    awaited there, so the four concurrent writers are four coroutines interleaved on
+    the loop, as concurrent requests are.
+    """
+    import asyncio
+
+    blocking = _Blocking(store, asyncio.get_running_loop())
+    await asyncio.to_thread(_check_all, cast(Store, blocking), type(store).__name__,
+                            expire, writes)
+
+
+def _is_async(store: object) -> bool:
+    return inspect.iscoroutinefunction(getattr(store, "get", None))
+
+
+class _Blocking:
+    """An async store seen from a worker thread as a blocking one: each call is run on
+    ``loop`` (the one the store belongs to) and waited for."""
+
+    def __init__(self, store: object, loop: Any) -> None:
+        self._store = store
+        self._loop = loop
+        #: Whether the store has the lifecycle operations (read by :func:`_has_lifecycle`).
+        self.lifecycle = _has_lifecycle(store)
+
+    def __getattr__(self, name: str) -> Any:
+        import asyncio
+
+        method = getattr(self._store, name)
+
+        async def awaited(result: Any) -> Any:
+            return await result
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            if not inspect.isawaitable(result):  # a sync method (MemoryStore's)
+                return result
+            return asyncio.run_coroutine_threadsafe(awaited(result), self._loop).result()
+
+        return call
+
+
+def _check_all(store: Store, name: str, expire: float, writes: int) -> None:
+    """Every check of :func:`check_store`, in order, on a blocking store."""
     run = secrets.token_hex(6)
     ids = [f"check_store:{run}:{n}" for n in range(8)]
     a, b, short, renewed, renewed_all, renewed_delete, extended, concurrent = ids

@@ -112,3 +112,80 @@ def test_over_real_http_under_uvicorn_with_sqlite_behind_the_thread_adapter(
         assert client.get("/set/foo/bar").json() == "bar"
         assert client.get("/get/foo").json() == "bar"
         assert client.get("/health").headers.get("set-cookie") is None
+
+
+def test_a_task_cancelled_while_it_waits_for_the_session_does_not_stall_the_next() -> None:
+    # One plan at a time per session: B waits behind A, B is cancelled, C must still
+    # get its turn when A is done (a cancelled waiter must not swallow the wake-up).
+    class Gate:
+        """An async store over a MemoryStore whose ``create`` waits for ``opened``."""
+
+        def __init__(self, opened: asyncio.Event) -> None:
+            self.memory, self.opened = gs.MemoryStore(), opened
+
+        def __getattr__(self, name: str) -> Any:
+            method = getattr(self.memory, name)
+
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                if name == "create":
+                    await self.opened.wait()
+                return method(*args, **kwargs)
+
+            return call
+
+        async def get(self, *args: Any, **kwargs: Any) -> Any:  # what makes it async
+            return self.memory.get(*args, **kwargs)
+
+    async def scenario() -> tuple[bool, list[str]]:
+        opened = asyncio.Event()
+        store = Gate(opened)
+        options = gs.SessionOptions(keys=KEYS)
+        sent: list[str] = []
+        cookies = gs.Cookies.from_header("", lambda name, header: sent.append(name),
+                                         options.keygrip)
+        session = gs.AsyncGenericSession.lazy(store, options, cookies, https=lambda: False)
+        a = asyncio.ensure_future(session.touch())
+        await asyncio.sleep(0)  # a yields to the loop: it is inside create, holding its turn
+        b = asyncio.ensure_future(session.touch())
+        c = asyncio.ensure_future(session.touch())
+        await asyncio.sleep(0)  # b and c are queued behind a
+        b.cancel()
+        opened.set()
+        await asyncio.wait_for(asyncio.gather(a, c), timeout=5)
+        return b.cancelled(), sent
+
+    cancelled, sent = asyncio.run(scenario())
+
+    assert cancelled
+    assert sent == ["s", "s.sig"]  # one session, one cookie: a and c shared it
+
+
+def test_a_file_sent_by_path_goes_after_the_start_with_the_cookie() -> None:
+    # Once failed: the start was released only by a body message, so an app sending
+    # "http.response.pathsend" (Starlette's FileResponse, where the server offers it)
+    # had its file go out before the response start.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await scope["session"].set("k", "v")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": "/etc/hostname"})
+
+    async def scenario() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": [],
+                 "scheme": "http", "extensions": {"http.response.pathsend": {}}}
+        await gs.ASGIMiddleware(app, gs.MemoryStore(), keys=KEYS)(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(scenario())
+
+    assert [message["type"] for message in sent] == ["http.response.start",
+                                                      "http.response.pathsend"]
+    names = [name for name, _ in sent[0]["headers"]]
+    assert names.count(b"set-cookie") == 2

@@ -344,6 +344,44 @@ def test_regenerate_after_the_headers_are_out_changes_nothing(store: gs.Store) -
     assert store.get("session:" + tokens[0], "cart", HOUR) == "apple"
 
 
+def test_an_existing_session_first_used_after_the_headers_are_out_keeps_its_write(
+    store: gs.Store,
+) -> None:
+    # Once failed: the write was stored, then re-sending the sliding cookie raised
+    # SessionError, so the app was told a stored write had failed.
+    outcome: list[str] = []
+
+    def streaming(environ: dict[str, Any], start_response: Callable[..., Any]
+                  ) -> Iterator[bytes]:
+        session = environ[gs.ENVIRON_KEY]
+        start_response("200 OK", [])
+        yield b"first chunk"
+        if environ["PATH_INFO"] == "/late":
+            try:
+                session.set("late", "yes")
+                outcome.append("stored")
+            except gs.SessionError as error:
+                outcome.append(f"refused: {error}")
+
+    def login(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        environ[gs.ENVIRON_KEY].set("user", "alice")
+        start_response("200 OK", [])
+        return [b"in"]
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        return (login if environ["PATH_INFO"] == "/login" else streaming)(environ,
+                                                                          start_response)
+
+    client = webtest.TestApp(gs.middleware(store, keys=KEYS)(app))
+    client.get("/login")
+    token = client.cookies["s"]
+    response = client.get("/late")
+
+    assert outcome == ["stored"]
+    assert "Set-Cookie" not in response.headers
+    assert store.get("session:" + token, "late", HOUR) == "yes"
+
+
 # -- the absolute lifetime -----------------------------------------------------------------------
 
 

@@ -103,7 +103,8 @@ REPR_CLASSES = [
 def test_the_classes_needing_a_repr_are_the_expected_ones() -> None:
     # Guards the next test: a new public class is picked up automatically.
     assert {cls.__name__ for cls in REPR_CLASSES} >= {
-        "Cookies", "GenericSession", "Keygrip", "MemoryStore", "RedisStore", "SQLiteStore",
+        "AsyncRedisStore", "Cookies", "GenericSession", "Keygrip", "MemoryStore", "RedisStore",
+        "SQLiteStore",
     }
 
 
@@ -129,6 +130,10 @@ def _make(cls: type, tmp_path: Path) -> Any:
         import redis  # RedisStore takes any client; making one does not connect
 
         return gs.RedisStore(redis.Redis(host="127.0.0.1", port=1))
+    if cls is gs.AsyncRedisStore:
+        import redis.asyncio
+
+        return gs.AsyncRedisStore(redis.asyncio.Redis(host="127.0.0.1", port=1))
     if cls is gs.ThreadedStore:
         return gs.ThreadedStore(gs.SQLiteStore(tmp_path / "threaded.sqlite3"))
     if cls is gs.ASGIMiddleware:

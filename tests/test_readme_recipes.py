@@ -1,9 +1,11 @@
-"""The README's recipes (Flask, Falcon, Django, a TLS proxy, gunicorn) run as the README has them.
+"""The README's recipes (Flask, Falcon, Django, a TLS proxy, gunicorn, Starlette, FastAPI) run as
+the README has them.
 
 Each recipe's text is taken from the README (``tests.test_readme.recipes``) and run
 against the real framework, in a temp directory (its ``sessions.db`` goes there),
 with ``SESSION_KEYS`` set as a deployment would. Apps are served over real HTTP on
-a free loopback port; gunicorn runs as a real process with two workers.
+a free loopback port (the ASGI ones by a real uvicorn); gunicorn runs as a real process
+with two workers.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tests.helpers import (
     LOOPBACK,
     POLL_INTERVAL,
     PROJECT_ROOT,
+    UvicornServer,
     http_session,
     log_tail,
     stop_process,
@@ -252,3 +255,20 @@ def ask_until_both_workers_answer(url: str, most: int = 400) -> list[dict[str, A
             answers += pool.map(read, range(20))
         answers += pool.map(read, range(20))  # and on many more after that
     return answers
+
+
+@pytest.mark.parametrize("name", ["starlette", "fastapi"])
+def test_the_asgi_recipes_keep_a_session_under_uvicorn_and_answer_503_without_their_store(
+    project: Path, serve_asgi: Callable[..., UvicornServer], name: str,
+) -> None:
+    pytest.importorskip(name)
+    namespace = run_recipe(name)
+
+    url = serve_asgi(namespace["app"]).url
+    assert_sets_then_fetches(url)
+    break_the_store(namespace["store"].store, project)  # the SQLiteStore in the ThreadedStore
+    with http_session() as http:
+        down = http.get(f"{url}/get/foo", timeout=10)
+
+    assert down.status_code == 503
+    assert down.text == "503 Service Unavailable: the session store is unavailable\n"

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+import generic_session
 from generic_session import MemoryStore, RedisStore, SQLiteStore, StoreError
 from tests.conftest import redis_server_executable
 from tests.helpers import RedisServer
@@ -150,8 +152,12 @@ def test_redis_store_error_that_quotes_the_arguments_is_cut_before_them(
             rf"^RedisStore at 127\.0\.0\.1:{own_redis.port}: set failed: ResponseError: "
             r"unknown command 'NOSUCHCOMMAND'$"
         )) as raised:
-            store._request("set", lambda: client.execute_command(
-                "NOSUCHCOMMAND", SESSION_ID, SECRET_TEXT), SESSION_ID, SECRET_TEXT)
+            try:
+                client.execute_command("NOSUCHCOMMAND", SESSION_ID, SECRET_TEXT)
+            except redis.exceptions.ResponseError as error:
+                call = generic_session._RedisCall("set", "op", [SESSION_ID], [SECRET_TEXT],
+                                                  (SESSION_ID, SECRET_TEXT), True)
+                raise store._failure(call, error) from None
         assert_no_secret(raised.value)
     finally:
         client.close()

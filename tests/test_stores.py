@@ -1149,7 +1149,8 @@ def test_redis_store_shows_its_address_and_prefix_as_an_escaped_html_table(
     markup = store._repr_html_()
 
     assert html_table(markup) == (
-        "RedisStore", {"address": f"127.0.0.1:{redis_server.port}", "prefix": "<b>sessions & co:"})
+        "RedisStore", {"address": f"127.0.0.1:{redis_server.port}", "prefix": "<b>sessions & co:",
+                       "wait_replicas": "0"})
     assert "<code>&lt;b&gt;sessions &amp; co:</code>" in markup
 
 
