@@ -105,7 +105,7 @@ def cluster_store(client: Any, wait_replicas: int, wait_timeout: float) -> gs.Re
     """A RedisStore on ``client``; with ``wait_replicas`` > 0 it acknowledges a write only
     once that many replicas have it (needs a RedisStore with ``wait_replicas``)."""
     if wait_replicas:
-        return gs.RedisStore(client, wait_replicas=wait_replicas,  # type: ignore[call-arg]
+        return gs.RedisStore(client, wait_replicas=wait_replicas,
                              wait_timeout=wait_timeout)
     return gs.RedisStore(client)
 

@@ -84,14 +84,21 @@ class _Model:
     counter: int = 0
     counter_unacked: int = 0
     counts: set[int] = field(default_factory=set)
-    unknown: bool = False  # a destroy or regenerate failed: which session holds what?
+    unknown: bool = False  # a destroy or regenerate failed: what does the session hold?
+    #: The token the acknowledged writes went to (None: no session yet).
+    token: str | None = None
+    #: A destroy or regenerate failed, so it may or may not have happened (Redis can
+    #: die after doing it, before answering): the next request, run alone, tells
+    #: whether the session is still the same.
+    suspect: bool = False
 
-    def reset(self) -> None:
+    def reset(self, token: str | None = None) -> None:
         self.data.clear()
         self.uncertain.clear()
         self.counter = self.counter_unacked = 0
         self.counts.clear()
-        self.unknown = False
+        self.unknown = self.suspect = False
+        self.token = token
 
 
 @dataclass
@@ -137,7 +144,7 @@ def _run_tab(user: _User, index: int, deadline: float, seed: int, inv: Invariant
     while time.time() < deadline:
         op = rng.choices(OPERATIONS, WEIGHTS)[0]
         key = f"t{index}k{rng.randrange(KEYS_PER_TAB)}"
-        alone = op in ("destroy", "regenerate")
+        alone = op in ("destroy", "regenerate") or model.suspect
         while True:  # with no cookie yet this request makes the session: alone
             user.lock.acquire(alone)
             if alone or user.browser.jar:
@@ -177,8 +184,20 @@ def _run_tab(user: _User, index: int, deadline: float, seed: int, inv: Invariant
                     elif op == "incr":
                         model.counter_unacked += 1
                     elif op in ("destroy", "regenerate"):
-                        model.unknown = True
+                        model.unknown = model.suspect = True
                     continue
+                token = user.browser.jar.get("s")
+                if op not in ("destroy", "regenerate"):
+                    if model.token is None:
+                        model.token = token  # the session this browser's writes go to now
+                    elif token != model.token:
+                        # Only an ended session is replaced by a fresh one: after a failed
+                        # destroy or regenerate that may have happened; otherwise the
+                        # store lost a live session.
+                        inv.check(model.suspect, "a live session was replaced by a fresh one",
+                                  f"{op}: a new token with no logout")
+                        model.reset(token)
+                    model.suspect = False
                 if op == "set":
                     model.data[key] = value
                     model.uncertain.discard(key)
@@ -205,8 +224,9 @@ def _run_tab(user: _User, index: int, deadline: float, seed: int, inv: Invariant
                               "the session cookie was not expired")
                     model.reset()
                 elif op == "regenerate":
-                    inv.check(user.browser.jar.get("s") != before.get("s"),
-                              "regenerate kept the token", "same token after regenerate")
+                    inv.check(token != before.get("s"), "regenerate kept the token",
+                              "same token after regenerate")
+                    model.token, model.suspect = token, False
         finally:
             user.lock.release(alone)
     with lock:
