@@ -3,8 +3,9 @@ minutes), so that the suite keeps the scripts and their invariants working.
 
 Each script starts the servers it needs on free loopback ports, stops them, prints
 its figures and exits 1 when an invariant broke; these tests check its exit status
-and that it printed its figures.  The last one checks that the load's invariants
-can fail at all: against a store that loses acknowledged writes, they do.
+and that it printed its figures.  The last two check that the invariants can fail
+at all: the load's against a store that loses acknowledged writes, the fuzzer's
+against a filter that adopts a cookie without its signature.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+import generic_session as gs
 from stress.common import AppServer, Invariants
+from stress.fuzz import Fuzzer, Target
 from stress.loadgen import run_load
 from tests.conftest import redis_server_executable
 from tests.helpers import PROJECT_ROOT
@@ -56,3 +59,23 @@ def test_load_catches_a_store_that_loses_writes(tmp_path: Path) -> None:
                         inv=inv)
     assert load.requests > 0
     assert {"acknowledged write not read back", "acknowledged write lost"} & set(inv.broken)
+
+
+def test_fuzzer_catches_a_filter_that_adopts_unsigned_cookies() -> None:
+    """The fuzzer's "no forged session adopted" is not vacuous: a filter made without
+    ``keys`` (and not strict) on the same store adopts ``s=TOKEN`` with no signature,
+    and the fuzzer says so; the signed filter it was checked against never does."""
+    store = gs.MemoryStore()
+    signed = Target("signed", store, False)
+    for i in range(4):
+        signed.login(f"owner-{i}")
+    unsigned = Target("unsigned", store, False, keys=None, strict=False)
+    unsigned.sessions = signed.sessions
+    inv = Invariants("fuzz")
+    fuzzer = Fuzzer([signed, unsigned], inv, seed=1)
+    for token, _, _ in signed.sessions:
+        fuzzer.check(signed, f"s={token}", write=False)
+    assert not inv.broken
+    for token, _, _ in signed.sessions:
+        fuzzer.check(unsigned, f"s={token}", write=False)
+    assert inv.broken == {"a forged session adopted": 4}
