@@ -118,6 +118,6 @@ def show(fig: Any, alt: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     png = base64.b64encode(buffer.getvalue()).decode()
-    display({"image/png": png, "text/plain": f"[figure] {alt}"}, raw=True,
+    display({"image/png": png, "text/plain": f"[figure] {alt}"}, raw=True,  # type: ignore[no-untyped-call]
             metadata={"image/png": {"alt": alt}})
-    display(Markdown(f"*Figure: {alt}*"))
+    display(Markdown(f"*Figure: {alt}*"))  # type: ignore[no-untyped-call]
