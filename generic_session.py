@@ -2970,7 +2970,7 @@ class SQLiteStore:
             raise _unknown(self._where, op)
         target = now + expire if row[2] is None else min(now + expire, row[2])
         # Due either way: time has passed, or a shorter ``expire`` shortens the session.
-        return abs(target - row[0]) <= _renew_slack(expire)
+        return bool(abs(target - row[0]) <= _renew_slack(expire))
 
     def get(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> Any:
         """Return a copy of the value of ``key``, or None: a plain read unless the
