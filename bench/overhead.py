@@ -49,6 +49,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import cProfile
@@ -60,6 +61,8 @@ import json
 import os
 import platform
 import pstats
+import re
+import secrets
 import statistics
 import sys
 import time
@@ -77,6 +80,7 @@ import cachetools
 from beaker.middleware import SessionMiddleware
 
 import generic_session
+from bench.common import target
 from generic_session import Cookies, GenericSession, Keygrip, MemoryStore
 
 Environ = dict[str, Any]
@@ -162,6 +166,71 @@ def beaker_handler(environ: Environ, start_response: StartResponse) -> Iterable[
     # Beaker 1.14 builds Set-Cookie only for a new session (or on invalidate/delete, or a
     # domain/path change); auto-save does not.  This private call makes it re-send.
     session._update_cookie_out()
+    return _respond(start_response, n + 1)
+
+
+# The hand-written floor: the least a signed-cookie session with a server-side store can
+# do for this workload, written for it alone.  One regex per cookie, one HMAC (verified on
+# the way in, reused on the way out: the token does not change), the cookie attributes and
+# their Expires date formatted once a second, JSON in and out, a dict of sessions.  Like
+# ours it refuses a token the store never issued (strict ids) and sends Vary: Cookie.
+_FLOOR_STORE: dict[str, dict[str, str]] = {}
+_FLOOR_KEY = KEYS[0].encode()
+_FLOOR_TOKEN = re.compile(r"(?:^|;)\s*s=([^;]*)")
+_FLOOR_SIG = re.compile(r"(?:^|;)\s*s\.sig=([^;]*)")
+_floor_attributes: list[Any] = [0, ""]  # [the second it was made for, the attributes]
+
+
+def _floor_sign(token: str) -> str:
+    digest = hmac.digest(_FLOOR_KEY, b"s=" + token.encode(), "sha1")
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _floor_cookie_attributes() -> str:
+    second = int(time.time())
+    if second != _floor_attributes[0]:
+        expires = email.utils.formatdate(second + generic_session.TWO_WEEKS, usegmt=True)
+        _floor_attributes[:] = [second, f"; path=/; expires={expires}; samesite=lax; httponly"]
+    text: str = _floor_attributes[1]
+    return text
+
+
+def floor_middleware(app: WSGIApp) -> WSGIApp:
+    """The floor as WSGI middleware: the session dict in ``environ['floor.session']``."""
+    def wrapped(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        header = environ.get("HTTP_COOKIE", "")
+        match = _FLOOR_TOKEN.search(header)
+        token = match.group(1) if match else None
+        if token is not None:
+            signature = _floor_sign(token)
+            sent = _FLOOR_SIG.search(header)
+            if (sent is None or not hmac.compare_digest(sent.group(1), signature)
+                    or token not in _FLOOR_STORE):
+                token = None
+        if token is None:
+            token = secrets.token_urlsafe(30)  # 40 characters, as ours
+            signature = _floor_sign(token)
+            _FLOOR_STORE[token] = {}
+        environ["floor.session"] = _FLOOR_STORE[token]
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            attributes = _floor_cookie_attributes()
+            headers.append(("Set-Cookie", f"s={token}{attributes}"))
+            headers.append(("Set-Cookie", f"s.sig={signature}{attributes}"))
+            headers.append(("Vary", "Cookie"))
+            headers.append(("Cache-Control", "private"))
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+    return wrapped
+
+
+def floor_handler(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """The floor's inner app: n as JSON text in the session dict."""
+    session = environ["floor.session"]
+    text = session.get("n")
+    n = json.loads(text) if text is not None else 0
+    session["n"] = json.dumps(n + 1)
     return _respond(start_response, n + 1)
 
 
@@ -377,9 +446,13 @@ def make_subjects(tricks: bool) -> list[Subject]:
             cookie = establish(app, ("s", "s.sig"))
         variants.append(Subject(f"- {label}", app, ("s", "s.sig"),
                                 {**BASE_ENVIRON, "HTTP_COOKIE": cookie}, last_n=1, patch=patch))
+    floor_app = floor_middleware(floor_handler)
+    floor_cookie = establish(floor_app, ("s", "s.sig"))
     return [
         # The bare app's client sends a cookie as well, so its environ is the same size.
         Subject("bare", bare_app, (), {**BASE_ENVIRON, "HTTP_COOKIE": ours_cookie}, last_n=1),
+        Subject("floor", floor_app, ("s", "s.sig"),
+                {**BASE_ENVIRON, "HTTP_COOKIE": floor_cookie}, last_n=1),
         Subject("generic_session", ours_app, ("s", "s.sig"),
                 {**BASE_ENVIRON, "HTTP_COOKIE": ours_cookie}, last_n=1),
         Subject("beaker", beaker_app, ("beaker.session.id",),
@@ -390,6 +463,187 @@ def make_subjects(tricks: bool) -> list[Subject]:
                 {**BASE_ENVIRON, "HTTP_COOKIE": same_cookie}, last_n=1),
         *variants,
     ]
+
+
+# ----------------------------------------------------------------------------
+# ASGI: the bare app, the floor written as ASGI, and generic_session.ASGIMiddleware
+# ----------------------------------------------------------------------------
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[Message], Any]
+ASGIApp = Callable[[Scope, Receive, Send], Any]
+_ASGI_BARE: dict[str, int] = {}
+_ASGI_FLOOR_STORE: dict[str, dict[str, str]] = {}
+
+
+async def _asgi_respond(send: Send, n: int) -> None:
+    body = b"n=%d\n" % n
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def asgi_bare(scope: Scope, receive: Receive, send: Send) -> None:
+    """The handler's work without a session, as ASGI."""
+    n = _ASGI_BARE.get("n") or 0
+    _ASGI_BARE["n"] = n + 1
+    await _asgi_respond(send, n + 1)
+
+
+async def asgi_ours_handler(scope: Scope, receive: Receive, send: Send) -> None:
+    """n from the AsyncGenericSession that ASGIMiddleware puts in scope['session']."""
+    session = scope["session"]
+    n = await session.get("n") or 0
+    await session.set("n", n + 1)
+    await _asgi_respond(send, n + 1)
+
+
+async def asgi_floor_handler(scope: Scope, receive: Receive, send: Send) -> None:
+    session = scope["floor.session"]
+    text = session.get("n")
+    n = json.loads(text) if text is not None else 0
+    session["n"] = json.dumps(n + 1)
+    await _asgi_respond(send, n + 1)
+
+
+def asgi_floor_middleware(app: ASGIApp) -> ASGIApp:
+    """The hand-written floor of the WSGI benchmark, written as ASGI middleware."""
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        header = ""
+        for name, value in scope["headers"]:
+            if name == b"cookie":
+                header = value.decode("latin-1")
+                break
+        match = _FLOOR_TOKEN.search(header)
+        token = match.group(1) if match else None
+        if token is not None:
+            signature = _floor_sign(token)
+            sent = _FLOOR_SIG.search(header)
+            if (sent is None or not hmac.compare_digest(sent.group(1), signature)
+                    or token not in _ASGI_FLOOR_STORE):
+                token = None
+        if token is None:
+            token = secrets.token_urlsafe(30)
+            signature = _floor_sign(token)
+            _ASGI_FLOOR_STORE[token] = {}
+        scope["floor.session"] = _ASGI_FLOOR_STORE[token]
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                attributes = _floor_cookie_attributes().encode()
+                message["headers"] = [
+                    *message["headers"],
+                    (b"set-cookie", b"s=" + token.encode() + attributes),
+                    (b"set-cookie", b"s.sig=" + signature.encode() + attributes),
+                    (b"vary", b"Cookie"), (b"cache-control", b"private")]
+            await send(message)
+
+        await app(scope, receive, send_with_cookie)
+    return wrapped
+
+
+_ASGI_SCOPE: Scope = {
+    "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+    "method": "GET", "scheme": "http", "path": "/counter", "raw_path": b"/counter",
+    "query_string": b"", "root_path": "", "client": ("127.0.0.1", 50000),
+    "server": ("127.0.0.1", 8080),
+    "headers": [(b"host", b"127.0.0.1:8080"),
+                (b"user-agent", BASE_ENVIRON["HTTP_USER_AGENT"].encode()),
+                (b"accept", BASE_ENVIRON["HTTP_ACCEPT"].encode()),
+                (b"accept-language", b"en-GB,en;q=0.5"),
+                (b"accept-encoding", b"gzip, deflate, br"), (b"connection", b"keep-alive")],
+}
+
+
+async def _receive() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+class ASGIClient:
+    """Calls one ASGI app in-process as one browser would: its cookies, a fresh scope each time."""
+
+    def __init__(self, label: str, app: ASGIApp, cookie_names: tuple[str, ...]) -> None:
+        self.label, self.app, self.cookie_names = label, app, cookie_names
+        self.messages: list[Message] = []
+        self.scope: Scope = {**_ASGI_SCOPE, "headers": list(_ASGI_SCOPE["headers"])}
+        self.served = 0
+
+    async def _send(self, message: Message) -> None:
+        self.messages.append(message)
+
+    async def request(self) -> int:
+        """One checked request: the n it answered; the session cookie(s) must come back."""
+        self.messages = []
+        scope = self.scope.copy()
+        await self.app(scope, _receive, self._send)
+        start, body = self.messages
+        if start["status"] != 200:
+            raise BenchError(f"ASGI {self.label}: status {start['status']}")
+        cookies = [value.decode().split(";", 1)[0] for name, value in start["headers"]
+                   if name.lower() == b"set-cookie"]
+        names = sorted(cookie.partition("=")[0] for cookie in cookies)
+        if names != sorted(self.cookie_names):
+            raise BenchError(f"ASGI {self.label}: set cookies {names}")
+        if cookies and not any(name == b"cookie" for name, _ in self.scope["headers"]):
+            self.scope["headers"].append((b"cookie", "; ".join(cookies).encode()))
+        return int(body["body"].split(b"=", 1)[1])
+
+    async def batch(self, count: int) -> float:
+        app, scope, send = self.app, self.scope, self._send
+        messages = self.messages
+        gc.collect()
+        start = time.perf_counter_ns()
+        for _ in range(count):
+            messages.clear()
+            await app(scope.copy(), _receive, send)
+        elapsed = time.perf_counter_ns() - start
+        self.served += count
+        return elapsed / count / 1000
+
+
+async def _asgi_rounds(requests: int, repeats: int) -> dict[str, list[float]]:
+    keygrip = Keygrip(KEYS)
+    clients = [
+        ASGIClient("bare", asgi_bare, ()),
+        ASGIClient("floor", asgi_floor_middleware(asgi_floor_handler), ("s", "s.sig")),
+        ASGIClient("generic_session", generic_session.ASGIMiddleware(
+            asgi_ours_handler, store=MemoryStore(), keys=keygrip), ("s", "s.sig")),
+    ]
+    first = {client.label: await client.request() for client in clients}  # mints the sessions
+    for client in clients:
+        await client.batch(max(requests // 2, 500))
+    times: dict[str, list[float]] = {client.label: [] for client in clients}
+    for round_index in range(repeats):
+        shift = round_index % len(clients)
+        for client in clients[shift:] + clients[:shift]:
+            times[client.label].append(await client.batch(requests))
+    for client in clients:
+        n = await client.request()
+        if client.label != "bare" and n != first[client.label] + client.served + 1:
+            raise BenchError(f"ASGI {client.label}: n={n} after {client.served} requests: "
+                             "a lost write or a re-minted session")
+    return times
+
+
+def asgi_overhead(requests: int, repeats: int) -> float:
+    """Time the three ASGI apps in interleaved rounds; print them; return ours/floor added."""
+    times = asyncio.run(_asgi_rounds(requests, repeats))
+    median = {label: statistics.median(values) for label, values in times.items()}
+    bare = median["bare"]
+    print(f"ASGI, in-process (one event loop, {requests:,} requests x {repeats} interleaved "
+          "rounds; the cookie's checks as above)")
+    print(f"{'app':<16} {'us/request':>11} {'min':>7} {'added vs bare':>14}")
+    for label, values in times.items():
+        added = "" if label == "bare" else f"{median[label] - bare:+.2f}"
+        print(f"{label:<16} {median[label]:11.2f} {min(values):7.2f} {added:>14}")
+    paired = [(o - b) / (f - b) for b, f, o in
+              zip(times["bare"], times["floor"], times["generic_session"], strict=True)]
+    print("per-round ratios ours/floor: " + " ".join(f"{value:.2f}" for value in paired))
+    print()
+    return (median["generic_session"] - bare) / (median["floor"] - bare)
 
 
 # ----------------------------------------------------------------------------
@@ -599,11 +853,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_tricks(times)
 
-    micro_profile(micro_loops, ours_added, subjects[1].template)
+    ours = next(subject for subject in subjects if subject.label == "generic_session")
+    micro_profile(micro_loops, ours_added, ours.template)
     print()
     if args.profile:
-        print_profile(subjects[1], args.profile_requests)
-        check(subjects[1], rounds=1)
+        print_profile(ours, args.profile_requests)
+        check(ours, rounds=1)
 
     if beaker_added <= 0:
         raise BenchError(f"Beaker's added cost is {beaker_added:.2f} us: too noisy to compare")
@@ -626,6 +881,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio against Beaker with the same cookie features (for context): {same_ratio:.2f}")
     print(f"ratio (generic_session added / Beaker added): {ratio:.2f} "
           f"(target <= {TARGET_RATIO:.2f})" + (" [NOISY RUN]" if noisy else ""))
+    print()
+    asgi_ratio = asgi_overhead(requests, repeats)
+    floor_added = median["floor"] - bare
+    floor_paired = [(o - b) / (f - b) for b, f, o in
+                    zip(times["bare"], times["floor"], times["generic_session"], strict=True)]
+    print(f"WSGI: generic_session added {ours_added:.2f} us/request, the hand-written floor "
+          f"{floor_added:.2f} us/request; per round ours/floor: "
+          + " ".join(f"{value:.2f}" for value in floor_paired))
+    target("WSGI filter added / hand-written floor added (MemoryStore, signed, strict ids)",
+           ours_added / floor_added, 1.2)
+    target("ASGIMiddleware added / the same floor written as ASGI", asgi_ratio, 1.2)
+    target("WSGI filter added / Beaker added", ratio, TARGET_RATIO)
     return 0
 
 
