@@ -394,13 +394,14 @@ def trick_variants(keygrip: Keygrip) -> list[tuple[str, Callable[[], Any]]]:
         digest = hmac.digest(raw[id(pads)], data, "sha1")
         return base64.urlsafe_b64encode(digest).rstrip(b"=")
 
-    def attributes_every_time(self: Any, secure: bool) -> str:
-        text: str = gs._attribute_suffix("/", gs._http_date(self.clock() + self.expire),
+    def attributes_every_time(self: Any, secure: bool, deadline: float | None = None) -> str:
+        expires = self.clock() + self.expire if deadline is None else deadline
+        text: str = gs._attribute_suffix("/", gs._http_date(expires),
                                          self.domain, gs._check_samesite(self.samesite), secure,
                                          True)
         return text
 
-    read_token = GenericSession.__dict__["_read_token"]
+    read_token = gs._SessionCore.__dict__["_read_token"]
 
     def sign_again(self: Any) -> tuple[str, None]:
         return read_token(self)[0], None
@@ -420,7 +421,7 @@ def trick_variants(keygrip: Keygrip) -> list[tuple[str, Callable[[], Any]]]:
         ("cookie attributes made once a second",
          _swap(gs.SessionOptions, "attributes", attributes_every_time)),
         ("verified signature reused when re-sending",
-         _swap(GenericSession, "_read_token", sign_again)),
+         _swap(gs._SessionCore, "_read_token", sign_again)),
         ("decode_json by raw_decode", _swap(gs, "decode_json", json_loads)),
         ("encode_json's int shortcut", _swap(gs, "encode_json", encode_without_int_shortcut)),
     ]
