@@ -9,7 +9,8 @@
 #   make demo [PORT=8080] [DEMO_STORE=sqlite:/tmp/s.db]   run server.py + client.py
 #   make test [PYTEST_ARGS='-k redis -x']                 run the test suite
 #   make constraints                                      re-pin constraints.txt
-#   make lint | bench | clean
+#   make bench [BENCH_ARGS=--quick]                       run every benchmark
+#   make lint | clean
 
 # bash (not sh) for $SECONDS, traps and pipefail in the demo recipe.
 SHELL := /bin/bash
@@ -30,6 +31,7 @@ DEMO_STORE ?= memory
 # Seconds to wait for the demo server to say it serves.
 DEMO_WAIT ?= 10
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help venv constraints demo test lint bench clean
 
@@ -130,9 +132,18 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy --strict generic_session.py server.py client.py
 
+# Every benchmark in turn (about five minutes), each one's output also kept in
+# bench/results/; then every figure that has a target, with its verdict, once more.
+BENCHES := overhead stores redis_ops servers
 bench: venv
-	$(PY) bench/overhead.py
-	$(PY) bench/stores.py
+	@mkdir -p bench/results
+	@for name in $(BENCHES); do \
+	  echo "== bench/$$name.py"; \
+	  $(PY) bench/$$name.py $(BENCH_ARGS) | tee bench/results/$$name.txt; \
+	  echo; \
+	done
+	@echo "== Every figure with a target (bench/README.md explains them):"
+	@cat $(addprefix bench/results/,$(addsuffix .txt,$(BENCHES))) | grep '^TARGET'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results
