@@ -415,7 +415,46 @@ def trick_variants(keygrip: Keygrip) -> list[tuple[str, Callable[[], Any]]]:
         text: str = encoder.encode(value)
         return text
 
+    def operation_by_plan(self: Any, name: str, args: tuple[Any, ...], write: bool) -> Any:
+        if self._fast(name):
+            return getattr(self.store, name)(self._id, *args, self.options.expire,
+                                             **(gs._LIVE_ONLY if self._lifecycle else gs._PLAIN))
+        return self._drive(self._operate(name, args, write))
+
+    def read_token_by_cookies(self: Any) -> tuple[str | None, str | None]:
+        options, cookies = self.options, self._cookies
+        token = cookies.get(options.cookie_name, signed=False)
+        if token is None or not gs._TOKEN.fullmatch(token):
+            return None, None
+        if options.keygrip is None:
+            return token, None
+        _, signature, index = cookies.read_signed(options.cookie_name)
+        if index < 0:
+            return None, None
+        return token, signature if index == 0 else None
+
+    def send_in_two_passes(self: Any) -> None:
+        if self._write is not None:
+            return
+        headers = self.headers
+        session = self.session
+        if self.cookies or (session is not None and session.started):
+            headers = gs._vary_on_cookie(headers)
+        if self.cookies:
+            if not any(name.lower() == "cache-control" for name, _ in headers):
+                headers.append(("Cache-Control", "private"))
+            headers += [("Set-Cookie", value) for value in self.cookies.values()]
+        self._write = self._start_response(self.status, headers, self.exc_info)
+        self.exc_info = None
+        self._environ = self.session = None
+
     return [
+        ("T1 first operation inline, not by plan",
+         _swap(GenericSession, "_operation", operation_by_plan)),
+        ("T2 token read from the jar, not Cookies.get + read_signed",
+         _swap(gs._SessionCore, "_read_token", read_token_by_cookies)),
+        ("T3 one pass over the headers for Vary + Cache-Control",
+         _swap(gs._DeferredStart, "send", send_in_two_passes)),
         ("HMAC from prepared pads (Keygrip._keyed)",
          _swap(Keygrip, "_sign_with", staticmethod(plain_hmac))),
         ("cookie attributes made once a second",
