@@ -1487,7 +1487,7 @@ class GenericSession(_SessionCore):
         if self._state is _UNSTARTED and self._lifecycle:
             # The request's first operation, on its cookie's token: the plan's steps made
             # inline, its one live store call confirming the candidate (bench/overhead.py:
-            # saves ~1.0 us a request, fastest rounds, against driving _operate's generator).
+            # saves ~0.6 us a request against driving _operate's generator).
             with self._lock:
                 if self._state is _UNSTARTED and self._adopt():
                     try:
@@ -1721,25 +1721,15 @@ class _DeferredStart:
             raise RuntimeError("the WSGI app returned without calling start_response")
         headers = self.headers
         session = self.session
-        cookies = self.cookies
-        if cookies or (session is not None and session.started):
-            # One pass over the app's headers finds both Vary and Cache-Control
-            # (bench/overhead.py: saves ~0.6 us a request, fastest rounds, against two).
-            vary = cache_control = False
-            for name, _ in headers:
-                lower = name.lower()
-                if lower == "vary":
-                    vary = True
-                elif lower == "cache-control":
-                    cache_control = True
+        if self.cookies or (session is not None and session.started):
             # A response that used the session depends on the cookie.
-            headers = _vary_on_cookie(headers) if vary else [*headers, ("Vary", "Cookie")]
-            if cookies:
-                if not cache_control:
-                    # Vary does not protect a first visit (every new visitor sends the
-                    # same, no cookie): a shared cache must not store a Set-Cookie.
-                    headers.append(("Cache-Control", "private"))
-                headers += [("Set-Cookie", value) for value in cookies.values()]
+            headers = _vary_on_cookie(headers)
+        if self.cookies:
+            if not any(name.lower() == "cache-control" for name, _ in headers):
+                # Vary does not protect a first visit (every new visitor sends the
+                # same, no cookie): a shared cache must not store a Set-Cookie.
+                headers.append(("Cache-Control", "private"))
+            headers += [("Set-Cookie", value) for value in self.cookies.values()]
         self._write = self._start_response(self.status, headers, self.exc_info)
         self.exc_info = None  # its traceback would keep the whole request alive
         self._environ = self.session = None

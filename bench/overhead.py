@@ -433,26 +433,9 @@ def trick_variants(keygrip: Keygrip) -> list[tuple[str, Callable[[], Any]]]:
                                              **(gs._LIVE_ONLY if self._lifecycle else gs._PLAIN))
         return self._drive(self._operate(name, args, write))
 
-    def send_in_two_passes(self: Any) -> None:
-        if self._write is not None:
-            return
-        headers = self.headers
-        session = self.session
-        if self.cookies or (session is not None and session.started):
-            headers = gs._vary_on_cookie(headers)
-        if self.cookies:
-            if not any(name.lower() == "cache-control" for name, _ in headers):
-                headers.append(("Cache-Control", "private"))
-            headers += [("Set-Cookie", value) for value in self.cookies.values()]
-        self._write = self._start_response(self.status, headers, self.exc_info)
-        self.exc_info = None
-        self._environ = self.session = None
-
     return [
         ("first operation inline, not by plan",
          _swap(GenericSession, "_operation", operation_by_plan)),
-        ("one pass over the headers for Vary + Cache-Control",
-         _swap(gs._DeferredStart, "send", send_in_two_passes)),
         ("HMAC from prepared pads (Keygrip._keyed)",
          _swap(Keygrip, "_sign_with", staticmethod(plain_hmac))),
         ("cookie attributes made once a second",
