@@ -2760,11 +2760,11 @@ class SQLiteStore:
     read as empty and are swept, a few at a time, as the store is written.
 
     Reads do not write: ``get`` and ``get_all`` are one plain ``SELECT`` (no write
-    lock, so they never wait behind another connection's write transaction, and a
-    read-only file serves them) unless the session's renewal is due, i.e. its stored
-    expiry is more than the slack off ``now + expire`` (capped at its deadline);
-    the slack is ``min(60 s, 1% of expire)`` (``_renew_slack``), so the idle timeout
-    holds to within it.  A due renewal is a ``BEGIN IMMEDIATE`` write, as before.
+    lock, so they never wait behind another connection's write transaction) unless
+    the session's renewal is due, i.e. its stored expiry is more than the slack off
+    ``now + expire`` (capped at its deadline); the slack is ``min(60 s, 1% of
+    expire)`` (``_renew_slack``), so the idle timeout holds to within it.  A due
+    renewal is a ``BEGIN IMMEDIATE`` write, as before.
 
     Each operation borrows a connection from a small pool and gives it back, so a
     server that starts a thread per request opens at most ``max_connections``

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,16 +94,17 @@ def report(label: str, us: dict[str, float]) -> None:
 
 def sync_clients(server: Any, hiredis_importable: bool) -> dict[str, Any]:
     import redis
-    import redis.connection
+    from redis._parsers import _RESP2Parser
+    from redis.utils import HIREDIS_AVAILABLE
 
     clients = {}
-    default = "hiredis parser (default)" if redis.connection.HIREDIS_AVAILABLE else \
+    default = "hiredis parser (default)" if HIREDIS_AVAILABLE else \
         "no hiredis installed (pure Python)"
     clients[default] = redis.Redis(host=server.host, port=server.port, socket_timeout=5)
-    if hiredis_importable and redis.connection.HIREDIS_AVAILABLE:
+    if hiredis_importable and HIREDIS_AVAILABLE:
         # redis.Redis() takes no parser_class: its connection pool passes it on.
         pool = redis.ConnectionPool(host=server.host, port=server.port, socket_timeout=5,
-                                    parser_class=redis.connection._RESP2Parser)
+                                    parser_class=_RESP2Parser)
         clients["parser_class=_RESP2Parser"] = redis.Redis(connection_pool=pool)
     return clients
 
@@ -140,12 +142,13 @@ def run_async(server: Any, quick: bool) -> dict[str, float]:
 
     async def main() -> dict[str, list[float]]:
         client = redis.asyncio.Redis(host=server.host, port=server.port, socket_timeout=5)
-        store = gs.AsyncRedisStore(client)
+        module: Any = gs  # AsyncRedisStore is being added on main: looked up at run time
+        store = module.AsyncRedisStore(client)
         ids = [f"session:async-{n:06d}" for n in range(SESSIONS)]
         for id in ids:
             await store.set(id, "data", VALUE, EXPIRE)
         assert await store.get(ids[0], "data", EXPIRE) == VALUE
-        ops = {
+        ops: dict[str, Callable[[int], Awaitable[object]]] = {
             "get": lambda i: store.get(ids[i % SESSIONS], "data", EXPIRE),
             "set": lambda i: store.set(ids[i % SESSIONS], "data", VALUE, EXPIRE),
             "PING": lambda _: client.ping(),
@@ -199,8 +202,8 @@ def scaling(server: Any, quick: bool) -> None:
         def get(i: int, picks: list[str] = picks) -> object:
             return store.get(picks[i % len(picks)], "data", EXPIRE)
 
-        def set_(i: int, picks: list[str] = picks) -> object:
-            return store.set(picks[i % len(picks)], "data", VALUE, EXPIRE)
+        def set_(i: int, picks: list[str] = picks) -> None:
+            store.set(picks[i % len(picks)], "data", VALUE, EXPIRE)
 
         # The keys of one size are picked while only that many exist; both are timed
         # once all are filled, so the larger size shows what a big keyspace costs.

@@ -166,7 +166,7 @@ def serve(server: str, kind: str, directory: Path, redis_port: int) -> None:
     if server == "waitress":
         import logging
 
-        import waitress
+        import waitress  # type: ignore[import-untyped]
 
         # "Task queue depth is 2": a busy server's note, not an error; it would fill the output.
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
