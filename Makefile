@@ -11,8 +11,9 @@
 #   make test [PYTEST_ARGS='-k redis -x']                 run the test suite
 #   make notebooks [NOTEBOOK_PORT=8888]                   open notebooks/ in JupyterLab
 #   make constraints                                      re-pin constraints.txt
-#   make stress                                           load, faults, fuzzing (<= 5 min)
-#   make lint | bench | clean
+#   make bench [BENCH_ARGS=--quick]                       run every benchmark
+#   make stress [STRESS_ARGS=--quick]                     load, faults, fuzzing (<= 5 min)
+#   make lint | clean
 
 # bash (not sh) for $SECONDS, traps and pipefail in the demo recipe.
 SHELL := /bin/bash
@@ -38,6 +39,7 @@ PYTEST_ARGS ?=
 NOTEBOOK_PORT ?=
 # Extra options for `jupyter lab` (--no-browser on a headless machine, say).
 NOTEBOOK_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help venv constraints demo test notebooks lint bench stress clean
 
@@ -156,10 +158,18 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy --strict generic_session.py server.py client.py
 
+# Every benchmark in turn (about five minutes), each one's output also kept in
+# bench/results/; then every figure that has a target, with its verdict, once more.
+BENCHES := overhead asgi stores redis_ops servers
 bench: venv
-	$(PY) bench/overhead.py
-	$(PY) bench/stores.py
-	$(PY) bench/asgi.py
+	@mkdir -p bench/results
+	@for name in $(BENCHES); do \
+	  echo "== bench/$$name.py"; \
+	  $(PY) bench/$$name.py $(BENCH_ARGS) | tee bench/results/$$name.txt; \
+	  echo; \
+	done
+	@echo "== Every figure with a target (bench/README.md explains them):"
+	@cat $(addprefix bench/results/,$(addsuffix .txt,$(BENCHES))) | grep '^TARGET'
 
 # Each part starts the servers it needs on free loopback ports (redis-server and
 # redis-cli must be installed), prints its figures and fails on a broken

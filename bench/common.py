@@ -1,0 +1,78 @@
+"""Helpers the benchmarks share: target lines, interleaved timing, a redis-server of their own.
+
+Every figure with a target is printed by :func:`target` as one line starting with
+``TARGET``, so that ``make bench | grep TARGET`` lists them all with their verdicts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.helpers import RedisServer  # noqa: E402  (plain helpers, no pytest)
+
+Op = Callable[[int], object]
+
+
+def target(label: str, value: float, limit: float, unit: str = "x", *,
+           at_most: bool = True) -> bool:
+    """Print one ``TARGET`` line: the figure, its target and whether it holds; return that."""
+    holds = value <= limit if at_most else value >= limit
+    sign = "<=" if at_most else ">="
+    print(f"TARGET {'ok    ' if holds else 'MISSED'} {label}: {value:.2f}{unit} "
+          f"(target {sign} {limit:g}{unit})")
+    return holds
+
+
+def interleaved(ops: dict[str, Op], batch: int, repeats: int,
+                warmup: int = 200) -> dict[str, list[float]]:
+    """Microseconds per ``op(i)`` for every op, one sample per round.
+
+    Each round times one batch of every op, in an order that rotates from round to
+    round, so that the noise of a shared machine falls on all of them alike; take the
+    median of the samples.
+    """
+    names = list(ops)
+    for name in names:
+        for i in range(min(batch, warmup)):
+            ops[name](i)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            op = ops[name]
+            start = time.perf_counter_ns()
+            for i in range(batch):
+                op(i)
+            samples[name].append((time.perf_counter_ns() - start) / batch / 1000)
+    return samples
+
+
+def medians(samples: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def start_redis(directory: Path) -> tuple[RedisServer | None, str]:
+    """A redis-server of our own on a free loopback port (persistence off), or None and why."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        return None, "redis-server not found on PATH: Redis rows skipped"
+    try:
+        import redis  # noqa: F401  (only checking it is there)
+    except ImportError:
+        return None, "the redis package is not installed: Redis rows skipped"
+    server = RedisServer(executable, directory)
+    server.start()
+    version = subprocess.run([executable, "--version"], capture_output=True, text=True,
+                             check=False).stdout.split()
+    tag = next((word for word in version if word.startswith("v=")), "v=?")
+    return server, f"redis-server {tag[2:]} on {server.host}:{server.port}, persistence off"

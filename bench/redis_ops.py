@@ -1,0 +1,276 @@
+"""RedisStore (and AsyncRedisStore, when the module has it) against the round-trip floor.
+
+Every store operation is one server-side script (one ``EVALSHA``), so its floor is
+one round trip: a ``PING`` on the same connection.  Measured, on a ``redis-server``
+this benchmark starts on a free loopback port (persistence off):
+
+1. ``get`` and ``set`` of one key (a 55-character JSON value, over 1,000
+   sessions) and ``PING``, in interleaved rounds, medians; the ratios get/PING
+   and set/PING against their target (at most 1.15).  Twice: with redis-py's
+   default parser, which is hiredis' when ``hiredis`` is installed, and with
+   ``parser_class=redis.connection._RESP2Parser`` (redis-py's pure-Python RESP2
+   parser, what a client without hiredis uses); and a third time in a child
+   process where ``hiredis`` cannot be imported at all (parser and command packer
+   both pure Python: exactly what a user who did not install it gets).
+2. ``get``/``set`` with 1,000 and with 1,000,000 sessions stored (filled by a Lua
+   script in chunks, a few seconds), interleaved: the cost must stay flat.
+
+Usage::
+
+    python bench/redis_ops.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+if "--no-hiredis" in sys.argv:  # before redis is imported: as if hiredis were not installed
+    sys.modules["hiredis"] = None  # type: ignore[assignment]
+
+sys.dont_write_bytecode = True
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import generic_session as gs  # noqa: E402
+from bench.common import interleaved, medians, start_redis, target  # noqa: E402
+
+EXPIRE = 3600.0
+VALUE = {"user_id": 42, "name": "Zoë", "roles": ["reader", "editor"]}
+SESSIONS = 1000
+LIMIT = 1.15
+FILL = """
+local value, ms, first, last = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = first, last do
+  local key = 'fill:' .. i
+  redis.call('HSET', key, 'data', value)
+  redis.call('PEXPIRE', key, ms)
+end
+return last - first + 1
+"""
+
+
+def store_ops(label: str, store: Any, client: Any) -> dict[str, Any]:
+    ids = [f"session:bench-{n:06d}" for n in range(SESSIONS)]
+    for id in ids:
+        store.set(id, "data", VALUE, EXPIRE)
+    assert store.get(ids[0], "data", EXPIRE) == VALUE
+
+    def get(i: int) -> object:
+        return store.get(ids[i % SESSIONS], "data", EXPIRE)
+
+    def set_(i: int) -> object:
+        return store.set(ids[i % SESSIONS], "data", VALUE, EXPIRE)
+
+    # Where a get's time goes beyond the round trip: redis-py's Script call of a script
+    # that does nothing, and of the store's own script with the arguments get sends
+    # (so: the Lua work), against RedisStore.get (so: the store's Python on top).
+    empty = client.register_script("return 1")
+    script = client.register_script(gs._REDIS_OP)
+    ms = gs.RedisStore._ms(EXPIRE)
+
+    def raw_get(i: int) -> object:
+        return script(keys=[ids[i % SESSIONS]], args=["get", 0, ms, "data"])
+
+    return {f"{label} get": get, f"{label} set": set_, f"{label} PING": lambda _: client.ping(),
+            f"{label} EVALSHA return 1": lambda _: empty(),
+            f"{label} EVALSHA store script, get": raw_get}
+
+
+def report(label: str, us: dict[str, float]) -> None:
+    ping = us[f"{label} PING"]
+    get, set_ = us[f"{label} get"], us[f"{label} set"]
+    empty, raw = us[f"{label} EVALSHA return 1"], us[f"{label} EVALSHA store script, get"]
+    print(f"| {label} | {ping:.1f} | {empty:.1f} | {raw:.1f} | {get:.1f} | {set_:.1f} | "
+          f"{get / ping:.2f}x | {set_ / ping:.2f}x |")
+
+
+def sync_clients(server: Any, hiredis_importable: bool) -> dict[str, Any]:
+    import redis
+    from redis._parsers import _RESP2Parser
+    from redis.utils import HIREDIS_AVAILABLE
+
+    clients = {}
+    default = "hiredis parser (default)" if HIREDIS_AVAILABLE else \
+        "no hiredis installed (pure Python)"
+    clients[default] = redis.Redis(host=server.host, port=server.port, socket_timeout=5)
+    if hiredis_importable and HIREDIS_AVAILABLE:
+        # redis.Redis() takes no parser_class: its connection pool passes it on.
+        pool = redis.ConnectionPool(host=server.host, port=server.port, socket_timeout=5,
+                                    parser_class=_RESP2Parser)
+        clients["parser_class=_RESP2Parser"] = redis.Redis(connection_pool=pool)
+    return clients
+
+
+def run_sync(server: Any, quick: bool, hiredis_importable: bool) -> dict[str, float]:
+    """Per-op figures and ratios for RedisStore; the ratios by label."""
+    clients = sync_clients(server, hiredis_importable)
+    ops: dict[str, Any] = {}
+    for label, client in clients.items():
+        ops.update(store_ops(label, gs.RedisStore(client), client))
+    batch, repeats = (500, 5) if quick else (2000, 9)
+    us = medians(interleaved(ops, batch, repeats))
+    print("| RedisStore client | PING µs | EVALSHA `return 1` µs | EVALSHA store script "
+          "(get) µs | get µs | set µs | get / PING | set / PING |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label in clients:
+        report(label, us)
+    ratios = {}
+    for label in clients:
+        ratios[f"RedisStore get / PING, {label}"] = us[f"{label} get"] / us[f"{label} PING"]
+        ratios[f"RedisStore set / PING, {label}"] = us[f"{label} set"] / us[f"{label} PING"]
+    for client in clients.values():
+        client.close()
+    return ratios
+
+
+def run_async(server: Any, quick: bool) -> dict[str, float]:
+    """The same for AsyncRedisStore on redis.asyncio, when the module has it."""
+    if not hasattr(gs, "AsyncRedisStore"):
+        print("\nAsyncRedisStore: not in this generic_session (skipped)")
+        return {}
+    import redis.asyncio
+
+    batch, repeats = (500, 5) if quick else (2000, 9)
+
+    async def main() -> dict[str, list[float]]:
+        client = redis.asyncio.Redis(host=server.host, port=server.port, socket_timeout=5)
+        module: Any = gs  # AsyncRedisStore is being added on main: looked up at run time
+        store = module.AsyncRedisStore(client)
+        ids = [f"session:async-{n:06d}" for n in range(SESSIONS)]
+        for id in ids:
+            await store.set(id, "data", VALUE, EXPIRE)
+        assert await store.get(ids[0], "data", EXPIRE) == VALUE
+        ops: dict[str, Callable[[int], Awaitable[object]]] = {
+            "get": lambda i: store.get(ids[i % SESSIONS], "data", EXPIRE),
+            "set": lambda i: store.set(ids[i % SESSIONS], "data", VALUE, EXPIRE),
+            "PING": lambda _: client.ping(),
+        }
+        samples: dict[str, list[float]] = {name: [] for name in ops}
+        for op in ops.values():  # warm up
+            for i in range(200):
+                await op(i)
+        names = list(ops)
+        for round_ in range(repeats):
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                op = ops[name]
+                start = time.perf_counter_ns()
+                for i in range(batch):
+                    await op(i)
+                samples[name].append((time.perf_counter_ns() - start) / batch / 1000)
+        await client.aclose()
+        return samples
+
+    us = medians(asyncio.run(main()))
+    print("\n| AsyncRedisStore (redis.asyncio) | PING µs | get µs | set µs | get / PING | "
+          "set / PING |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| default parser | {us['PING']:.1f} | {us['get']:.1f} | {us['set']:.1f} | "
+          f"{us['get'] / us['PING']:.2f}x | {us['set'] / us['PING']:.2f}x |")
+    return {"AsyncRedisStore get / PING": us["get"] / us["PING"],
+            "AsyncRedisStore set / PING": us["set"] / us["PING"]}
+
+
+def scaling(server: Any, quick: bool) -> None:
+    """get/set at 1,000 and 1,000,000 stored sessions (other keys' count), interleaved."""
+    import redis
+
+    client = redis.Redis(host=server.host, port=server.port, socket_timeout=30)
+    store = gs.RedisStore(client)
+    text = gs.encode_json("data", VALUE)
+    fill = client.register_script(FILL)
+    sizes = [1_000, 100_000] if quick else [1_000, 1_000_000]
+    ops: dict[str, Any] = {}
+    filled = 0
+    started = time.perf_counter()
+    for size in sizes:
+        while filled < size:  # chunks of 100,000: no script runs for long
+            last = min(size, filled + 100_000)
+            fill(args=[text, 3_600_000, filled + 1, last])
+            filled = last
+        picks = [f"fill:{n}" for n in range(1, size + 1, max(1, size // 1000))][:1000]
+        assert store.get(picks[0], "data", EXPIRE) == VALUE
+
+        def get(i: int, picks: list[str] = picks) -> object:
+            return store.get(picks[i % len(picks)], "data", EXPIRE)
+
+        def set_(i: int, picks: list[str] = picks) -> None:
+            store.set(picks[i % len(picks)], "data", VALUE, EXPIRE)
+
+        # The keys of one size are picked while only that many exist; both are timed
+        # once all are filled, so the larger size shows what a big keyspace costs.
+        ops[f"{size} get"], ops[f"{size} set"] = get, set_
+    fill_seconds = time.perf_counter() - started
+    us = medians(interleaved(ops, 500 if quick else 1000, 5 if quick else 9))
+    keys = client.dbsize()
+    print(f"\n| Redis keys in the database ({keys:,} after filling in {fill_seconds:.1f} s) "
+          "| get µs | set µs |")
+    print("|---:|---:|---:|")
+    for size in sizes:
+        print(f"| sessions picked among the first {size:,} | {us[f'{size} get']:.1f} | "
+              f"{us[f'{size} set']:.1f} |")
+    big, small = sizes[-1], sizes[0]
+    target(f"RedisStore get at {big:,} / at {small:,} stored sessions",
+           us[f"{big} get"] / us[f"{small} get"], 1.15)
+    target(f"RedisStore set at {big:,} / at {small:,} stored sessions",
+           us[f"{big} set"] / us[f"{small} set"], 1.15)
+    client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller batches, 100,000 sessions")
+    parser.add_argument("--no-hiredis", action="store_true",
+                        help="(internal) run as if hiredis were not installed")
+    parser.add_argument("--port", type=int, help="(internal) the redis-server to use")
+    args = parser.parse_args(argv)
+    directory = Path(tempfile.mkdtemp(prefix="generic-session-bench-redis-"))
+    if args.no_hiredis:  # the child: the parent's server
+        from tests.helpers import LOOPBACK
+
+        class Server:
+            host, port = LOOPBACK, args.port
+        ratios = run_sync(Server(), args.quick, hiredis_importable=False)
+        for label, ratio in ratios.items():
+            target(label, ratio, LIMIT)
+        return 0
+    server, note = start_redis(directory)
+    if server is None:
+        print(f"Redis benchmark skipped: {note}")
+        return 0
+    try:
+        import redis
+
+        print(f"# RedisStore against PING{' (--quick)' if args.quick else ''}\n")
+        print(f"- {note}; redis-py {redis.__version__}")
+        try:
+            import hiredis
+            print(f"- hiredis {hiredis.__version__} installed\n")
+        except ImportError:
+            print("- hiredis not installed\n")
+        ratios = run_sync(server, args.quick, hiredis_importable=True)
+        print("\nThe same in a child process where hiredis cannot be imported:\n")
+        sys.stdout.flush()
+        child = [sys.executable, __file__, "--no-hiredis", "--port", str(server.port)]
+        if args.quick:
+            child.append("--quick")
+        subprocess.run(child, check=True)
+        ratios.update(run_async(server, args.quick))
+        for label, ratio in ratios.items():
+            target(label, ratio, LIMIT)
+        scaling(server, args.quick)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
