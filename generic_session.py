@@ -1369,7 +1369,7 @@ class _SessionCore:
 
     def _fast(self, name: str) -> bool:
         """Whether ``name`` may skip the plan: the session is live, and the operation
-        needs no more than the one store call (bench: the plan costs ~X us)."""
+        needs no more than the one store call: ~0.9 us a request (bench/overhead.py)."""
         return self._state is _LIVE and (self._lifecycle or not (
             name == "get_all" and self.options.strict))
 

@@ -433,9 +433,14 @@ def trick_variants(keygrip: Keygrip) -> list[tuple[str, Callable[[], Any]]]:
                                              **(gs._LIVE_ONLY if self._lifecycle else gs._PLAIN))
         return self._drive(self._operate(name, args, write))
 
+    def never_fast(self: Any, name: str) -> bool:
+        return False
+
     return [
         ("first operation inline, not by plan",
          _swap(GenericSession, "_operation", operation_by_plan)),
+        ("later operations one store call, not by plan (_fast)",
+         _swap(gs._SessionCore, "_fast", never_fast)),
         ("HMAC from prepared pads (Keygrip._keyed)",
          _swap(Keygrip, "_sign_with", staticmethod(plain_hmac))),
         ("cookie attributes made once a second",
