@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -21,6 +22,29 @@ if str(ROOT) not in sys.path:
 from tests.helpers import RedisServer  # noqa: E402  (plain helpers, no pytest)
 
 Op = Callable[[int], object]
+
+#: The per-operation figures' workload: one 55-character JSON value under one key of
+#: SESSIONS sessions, visited in turn, with an hour's expiry.
+EXPIRE = 3600.0
+VALUE = {"user_id": 42, "name": "Zoë", "roles": ["reader", "editor"]}
+SESSIONS = 1000
+SESSION_IDS = [f"session:bench-{n:06d}" for n in range(SESSIONS)]
+
+
+def store_ops(name: str, store: Any) -> dict[str, Op]:
+    """``get`` and ``set`` of one key on the SESSION_IDS, visited in turn (filled first)."""
+    ids = SESSION_IDS
+    for id in ids:
+        store.set(id, "data", VALUE, EXPIRE)
+    assert store.get(ids[0], "data", EXPIRE) == VALUE
+
+    def get(i: int) -> object:
+        return store.get(ids[i % SESSIONS], "data", EXPIRE)
+
+    def set_(i: int) -> object:
+        return store.set(ids[i % SESSIONS], "data", VALUE, EXPIRE)
+
+    return {f"{name} get": get, f"{name} set": set_}
 
 
 def target(label: str, value: float, limit: float, unit: str = "x", *,

@@ -40,11 +40,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import generic_session as gs  # noqa: E402
-from bench.common import interleaved, medians, start_redis, target  # noqa: E402
+from bench.common import (  # noqa: E402
+    EXPIRE,
+    SESSION_IDS,
+    SESSIONS,
+    VALUE,
+    interleaved,
+    medians,
+    start_redis,
+    target,
+)
+from bench.common import store_ops as common_store_ops  # noqa: E402
 
-EXPIRE = 3600.0
-VALUE = {"user_id": 42, "name": "Zoë", "roles": ["reader", "editor"]}
-SESSIONS = 1000
 LIMIT = 1.15
 FILL = """
 local value, ms, first, last = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -58,16 +65,8 @@ return last - first + 1
 
 
 def store_ops(label: str, store: Any, client: Any) -> dict[str, Any]:
-    ids = [f"session:bench-{n:06d}" for n in range(SESSIONS)]
-    for id in ids:
-        store.set(id, "data", VALUE, EXPIRE)
-    assert store.get(ids[0], "data", EXPIRE) == VALUE
-
-    def get(i: int) -> object:
-        return store.get(ids[i % SESSIONS], "data", EXPIRE)
-
-    def set_(i: int) -> object:
-        return store.set(ids[i % SESSIONS], "data", VALUE, EXPIRE)
+    ops: dict[str, Any] = common_store_ops(label, store)
+    ids = SESSION_IDS
 
     # Where a get's time goes beyond the round trip: redis-py's Script call of a script
     # that does nothing, and of the store's own script with the arguments get sends
@@ -79,7 +78,7 @@ def store_ops(label: str, store: Any, client: Any) -> dict[str, Any]:
     def raw_get(i: int) -> object:
         return script(keys=[ids[i % SESSIONS]], args=["get", 0, ms, "data"])
 
-    return {f"{label} get": get, f"{label} set": set_, f"{label} PING": lambda _: client.ping(),
+    return {**ops, f"{label} PING": lambda _: client.ping(),
             f"{label} EVALSHA return 1": lambda _: empty(),
             f"{label} EVALSHA store script, get": raw_get}
 

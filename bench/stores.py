@@ -52,7 +52,6 @@ import platform
 import random
 import shutil
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -65,12 +64,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import generic_session as gs  # noqa: E402  (needs ROOT on sys.path)
-from bench.common import start_redis, target  # noqa: E402
+from bench.common import (  # noqa: E402
+    EXPIRE,
+    SESSIONS,
+    VALUE,
+    Op,
+    interleaved,
+    medians,
+    start_redis,
+    store_ops,
+    target,
+)
 
-EXPIRE = 3600.0
-VALUE = {"user_id": 42, "name": "Zoë", "roles": ["reader", "editor"]}
 KEYS = ["bench signing key"]
-SESSIONS = 1000  # sessions the per-operation figures spread over
 
 
 class Settings:
@@ -85,46 +91,6 @@ class Settings:
 
 # ---------------------------------------------------------------------------
 # Timing
-
-Op = Callable[[int], object]
-
-
-def interleaved(ops: dict[str, Op], batch: int, repeats: int) -> dict[str, float]:
-    """Median over ``repeats`` rounds of the microseconds one ``op(i)`` takes, per op.
-
-    Each round times one batch of every op, in an order that rotates from round
-    to round, so the noise of a shared machine falls on all of them alike.
-    """
-    names = list(ops)
-    for name in names:  # warm up
-        for i in range(min(batch, 200)):
-            ops[name](i)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            op = ops[name]
-            start = time.perf_counter_ns()
-            for i in range(batch):
-                op(i)
-            samples[name].append((time.perf_counter_ns() - start) / batch / 1000)
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def store_ops(name: str, store: Any) -> dict[str, Op]:
-    """``get`` and ``set`` of one key on SESSIONS sessions, visited in turn."""
-    ids = [f"session:bench-{n:06d}" for n in range(SESSIONS)]
-    for id in ids:
-        store.set(id, "data", VALUE, EXPIRE)
-    assert store.get(ids[0], "data", EXPIRE) == VALUE
-
-    def get(i: int) -> object:
-        return store.get(ids[i % SESSIONS], "data", EXPIRE)
-
-    def set_(i: int) -> object:
-        return store.set(ids[i % SESSIONS], "data", VALUE, EXPIRE)
-
-    return {f"{name} get": get, f"{name} set": set_}
 
 
 def session_width_ops(stores: dict[str, Any]) -> dict[str, Op]:
@@ -236,7 +202,7 @@ def sqlite_scaling(directory: Path, settings: Settings) -> list[tuple[int, float
             return store.set(picks[i], "data", VALUE, EXPIRE)
 
         ops[f"{size} get"], ops[f"{size} set"] = get, set_
-    us = interleaved(ops, settings.size_batch, settings.repeats)
+    us = medians(interleaved(ops, settings.size_batch, settings.repeats))
     rows = []
     for size in settings.sizes:
         files = directory.glob(f"scaling-{size}.db*")
@@ -293,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             ops.update(store_ops(name, store))
         if client is not None:
             ops["PING"] = lambda _: client.ping()
-        us = interleaved(ops, settings.batch, settings.repeats)
+        us = medians(interleaved(ops, settings.batch, settings.repeats))
         print("| store | get | set | get / PING | set / PING |")
         print("|---|---:|---:|---:|---:|")
         for name in stores:
@@ -317,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
               "get_all, 1,000 keys |")
         print("|---|---:|---:|---:|---:|")
         wide = session_width_ops(stores)
-        us = interleaved(wide, settings.batch // 4, settings.repeats)
+        us = medians(interleaved(wide, settings.batch // 4, settings.repeats))
         for name in stores:
             print(f"| {name} | {fmt(us[f'{name} get 1'])} | {fmt(us[f'{name} get 1000'])} | "
                   f"{fmt(us[f'{name} get_all 1'])} | {fmt(us[f'{name} get_all 1000'])} |")
@@ -331,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         print("each request is a direct call of the WSGI app with a copy of a prebuilt environ")
         print("carrying the session cookie: the session + store path only, no server, no socket.\n")
         clients = {name: AppClient(store) for name, store in stores.items()}
-        us = interleaved({name: c.request for name, c in clients.items()},
-                         settings.app_requests, settings.repeats)
+        us = medians(interleaved({name: c.request for name, c in clients.items()},
+                                 settings.app_requests, settings.repeats))
         for app_client in clients.values():
             app_client.check()
         print("| store | requests/s | µs/request |")
