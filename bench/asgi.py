@@ -64,12 +64,18 @@ import starsessions
 from starlette.middleware.sessions import SessionMiddleware as StarletteSessionMiddleware
 
 import generic_session
+from bench.common import (
+    ASGI_BARE_STATE,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    asgi_bare_app,
+    asgi_ours_handler,
+    asgi_respond,
+)
 from generic_session import ASGIMiddleware, MemoryStore
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 KEYS = ["bench key 1", "bench key 2"]
@@ -112,49 +118,23 @@ class BenchError(AssertionError):
 # The four apps
 # ----------------------------------------------------------------------------
 
-_BARE_STATE: dict[str, int] = {}
-
-
-async def _respond(send: Send, n: int) -> None:
-    body = b"n=%d\n" % n
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def bare_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """(a): the handler's work without a session: n from a module-level dict."""
-    n = _BARE_STATE.get("n") or 0
-    _BARE_STATE["n"] = n + 1
-    await _respond(send, n + 1)
-
-
-async def ours_handler(scope: Scope, receive: Receive, send: Send) -> None:
-    """(b)'s inner app: n from the AsyncGenericSession, awaited."""
-    session = scope["session"]
-    n = await session.get("n") or 0
-    await session.set("n", n + 1)
-    await _respond(send, n + 1)
-
-
 async def dict_session_handler(scope: Scope, receive: Receive, send: Send) -> None:
     """(c) and (d)'s inner app: n from the dict-like session both middlewares put in
     ``scope["session"]``."""
     session = scope["session"]
     n = session.get("n", 0)
     session["n"] = n + 1
-    await _respond(send, n + 1)
+    await asgi_respond(send, n + 1)
 
 
 def make_apps() -> dict[str, ASGIApp]:
     # Starlette types an ASGI app over MutableMapping where ours say dict: the same calls.
     handler: Any = dict_session_handler
     apps: dict[str, Any] = {
-        "bare": bare_app,
-        "generic_session": ASGIMiddleware(ours_handler, store=MemoryStore(), keys=KEYS),
+        "bare": asgi_bare_app,
+        "generic_session": ASGIMiddleware(asgi_ours_handler, store=MemoryStore(), keys=KEYS),
         # For context: starsessions' cookie is an unsigned id; this is ours unsigned too.
-        "generic_session (unsigned)": ASGIMiddleware(ours_handler, store=MemoryStore()),
+        "generic_session (unsigned)": ASGIMiddleware(asgi_ours_handler, store=MemoryStore()),
         "starlette": StarletteSessionMiddleware(handler, secret_key=KEYS[0],
                                                 max_age=TWO_WEEKS),
         "starsessions": starsessions.SessionMiddleware(
@@ -291,9 +271,9 @@ async def make_subjects() -> list[Subject]:
             continue
         cookie = await establish(label, app)
         subjects.append(Subject(label, app, scope_with_cookie(cookie), last_n=1))
-    _BARE_STATE["n"] = 1  # as if its first request had been served too
+    ASGI_BARE_STATE["n"] = 1  # as if its first request had been served too
     # The bare app's client sends a cookie as well, so its scope is the same size.
-    bare = Subject("bare", bare_app, subjects[0].template, last_n=1)
+    bare = Subject("bare", asgi_bare_app, subjects[0].template, last_n=1)
     return [bare, *subjects]
 
 

@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +100,38 @@ def start_redis(directory: Path) -> tuple[RedisServer | None, str]:
                              check=False).stdout.split()
     tag = next((word for word in version if word.startswith("v=")), "v=?")
     return server, f"redis-server {tag[2:]} on {server.host}:{server.port}, persistence off"
+
+
+# The ASGI workload bench/asgi.py and bench/overhead.py share: read n, write n + 1,
+# answer "n=<n>".
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: The bare ASGI app's n (a module-level dict: the handler's work without a session).
+ASGI_BARE_STATE: dict[str, int] = {}
+
+
+async def asgi_respond(send: Send, n: int) -> None:
+    body = b"n=%d\n" % n
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def asgi_bare_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """The handler's work without a session: n from a module-level dict."""
+    n = ASGI_BARE_STATE.get("n") or 0
+    ASGI_BARE_STATE["n"] = n + 1
+    await asgi_respond(send, n + 1)
+
+
+async def asgi_ours_handler(scope: Scope, receive: Receive, send: Send) -> None:
+    """n from the AsyncGenericSession that ASGIMiddleware puts in ``scope["session"]``."""
+    session = scope["session"]
+    n = await session.get("n") or 0
+    await session.set("n", n + 1)
+    await asgi_respond(send, n + 1)

@@ -92,7 +92,16 @@ import cachetools
 from beaker.middleware import SessionMiddleware
 
 import generic_session
-from bench.common import target
+from bench.common import (
+    Message,
+    Receive,
+    Scope,
+    Send,
+    asgi_bare_app,
+    asgi_ours_handler,
+    asgi_respond,
+    target,
+)
 from generic_session import Cookies, GenericSession, Keygrip, MemoryStore
 
 Environ = dict[str, Any]
@@ -495,36 +504,8 @@ def make_subjects(tricks: bool) -> list[Subject]:
 # ASGI: the bare app, the floor written as ASGI, and generic_session.ASGIMiddleware
 # ----------------------------------------------------------------------------
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Any]
-Send = Callable[[Message], Any]
 ASGIApp = Callable[[Scope, Receive, Send], Any]
-_ASGI_BARE: dict[str, int] = {}
 _ASGI_FLOOR_STORE: dict[str, dict[str, str]] = {}
-
-
-async def _asgi_respond(send: Send, n: int) -> None:
-    body = b"n=%d\n" % n
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def asgi_bare(scope: Scope, receive: Receive, send: Send) -> None:
-    """The handler's work without a session, as ASGI."""
-    n = _ASGI_BARE.get("n") or 0
-    _ASGI_BARE["n"] = n + 1
-    await _asgi_respond(send, n + 1)
-
-
-async def asgi_ours_handler(scope: Scope, receive: Receive, send: Send) -> None:
-    """n from the AsyncGenericSession that ASGIMiddleware puts in scope['session']."""
-    session = scope["session"]
-    n = await session.get("n") or 0
-    await session.set("n", n + 1)
-    await _asgi_respond(send, n + 1)
 
 
 async def asgi_floor_handler(scope: Scope, receive: Receive, send: Send) -> None:
@@ -532,7 +513,7 @@ async def asgi_floor_handler(scope: Scope, receive: Receive, send: Send) -> None
     text = session.get("n")
     n = json.loads(text) if text is not None else 0
     session["n"] = json.dumps(n + 1)
-    await _asgi_respond(send, n + 1)
+    await asgi_respond(send, n + 1)
 
 
 def asgi_floor_middleware(app: ASGIApp) -> ASGIApp:
@@ -633,7 +614,7 @@ class ASGIClient:
 async def _asgi_rounds(requests: int, repeats: int) -> dict[str, list[float]]:
     keygrip = Keygrip(KEYS)
     clients = [
-        ASGIClient("bare", asgi_bare, ()),
+        ASGIClient("bare", asgi_bare_app, ()),
         ASGIClient("floor", asgi_floor_middleware(asgi_floor_handler), ("s", "s.sig")),
         ASGIClient("generic_session", generic_session.ASGIMiddleware(
             asgi_ours_handler, store=MemoryStore(), keys=keygrip), ("s", "s.sig")),
