@@ -216,23 +216,30 @@ def _floor_cookie_attributes() -> str:
     return text
 
 
+def _floor_session(header: str, store: dict[str, dict[str, str]]
+                   ) -> tuple[str, str, dict[str, str]]:
+    """The floor's session of a ``Cookie`` header: its token if signed and known (one
+    regex per cookie, one HMAC), else a new one; with the token's signature."""
+    match = _FLOOR_TOKEN.search(header)
+    token = match.group(1) if match else None
+    if token is not None:
+        signature = _floor_sign(token)
+        sent = _FLOOR_SIG.search(header)
+        if (sent is None or not hmac.compare_digest(sent.group(1), signature)
+                or token not in store):
+            token = None
+    if token is None:
+        token = secrets.token_urlsafe(30)  # 40 characters, as ours
+        signature = _floor_sign(token)
+        store[token] = {}
+    return token, signature, store[token]
+
+
 def floor_middleware(app: WSGIApp) -> WSGIApp:
     """The floor as WSGI middleware: the session dict in ``environ['floor.session']``."""
     def wrapped(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        header = environ.get("HTTP_COOKIE", "")
-        match = _FLOOR_TOKEN.search(header)
-        token = match.group(1) if match else None
-        if token is not None:
-            signature = _floor_sign(token)
-            sent = _FLOOR_SIG.search(header)
-            if (sent is None or not hmac.compare_digest(sent.group(1), signature)
-                    or token not in _FLOOR_STORE):
-                token = None
-        if token is None:
-            token = secrets.token_urlsafe(30)  # 40 characters, as ours
-            signature = _floor_sign(token)
-            _FLOOR_STORE[token] = {}
-        environ["floor.session"] = _FLOOR_STORE[token]
+        token, signature, environ["floor.session"] = _floor_session(
+            environ.get("HTTP_COOKIE", ""), _FLOOR_STORE)
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             attributes = _floor_cookie_attributes()
@@ -524,19 +531,7 @@ def asgi_floor_middleware(app: ASGIApp) -> ASGIApp:
             if name == b"cookie":
                 header = value.decode("latin-1")
                 break
-        match = _FLOOR_TOKEN.search(header)
-        token = match.group(1) if match else None
-        if token is not None:
-            signature = _floor_sign(token)
-            sent = _FLOOR_SIG.search(header)
-            if (sent is None or not hmac.compare_digest(sent.group(1), signature)
-                    or token not in _ASGI_FLOOR_STORE):
-                token = None
-        if token is None:
-            token = secrets.token_urlsafe(30)
-            signature = _floor_sign(token)
-            _ASGI_FLOOR_STORE[token] = {}
-        scope["floor.session"] = _ASGI_FLOOR_STORE[token]
+        token, signature, scope["floor.session"] = _floor_session(header, _ASGI_FLOOR_STORE)
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start":
