@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,6 +82,44 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the test module only (each module gets its own), so that a
+    CONFIG SET (maxmemory, keyspace events) or a SCRIPT FLUSH touches no other test."""
+    server = RedisServer(redis_server_executable(), tmp_path_factory.mktemp("redis-own"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def replica(own_redis: RedisServer,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A read-only replica of ``own_redis`` (it refuses writes with READONLY), yielded
+    once its first sync is done, so that a WAIT on the primary counts it."""
+    import redis
+
+    server = RedisServer(
+        redis_server_executable(), tmp_path_factory.mktemp("redis-replica"),
+        extra_args=["--replicaof", own_redis.host, str(own_redis.port)],
+    )
+    server.start()
+    client = redis.Redis(host=own_redis.host, port=own_redis.port)
+    deadline = time.monotonic() + 10
+    # Polls a state, not a race: the replica's first sync has to finish before WAIT counts it.
+    while client.info("replication").get("connected_slaves", 0) < 1 or \
+            client.execute_command("WAIT", 1, 100) < 1:
+        assert time.monotonic() < deadline, "the replica never caught up"
+        time.sleep(0.05)
+    client.close()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,40 +19,9 @@ import redis.asyncio
 import redis.cluster
 
 import generic_session as gs
-from tests.conftest import redis_server_executable
 from tests.helpers import RedisClusterNode, RedisServer
 
 PREFIX = "wait:"
-
-
-@pytest.fixture(scope="module")
-def primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(redis_server_executable(), tmp_path_factory.mktemp("redis-primary"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def replica(primary: RedisServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(redis_server_executable(), tmp_path_factory.mktemp("redis-replica"),
-                         extra_args=["--replicaof", primary.host, str(primary.port)])
-    server.start()
-    client = redis.Redis(host=primary.host, port=primary.port)
-    deadline = time.monotonic() + 10
-    # Polls a state, not a race: the replica's first sync has to finish before WAIT counts it.
-    while client.info("replication").get("connected_slaves", 0) < 1 or \
-            client.execute_command("WAIT", 1, 100) < 1:
-        assert time.monotonic() < deadline, "the replica never caught up"
-        time.sleep(0.05)
-    client.close()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def client_of(server: RedisServer) -> redis.Redis:
@@ -76,8 +43,8 @@ def frozen(server: RedisServer) -> Any:
 
 
 def test_every_write_is_on_the_replica_when_it_is_acknowledged(
-        primary: RedisServer, replica: RedisServer) -> None:
-    store = gs.RedisStore(client_of(primary), prefix=PREFIX, wait_replicas=1, wait_timeout=5)
+        own_redis: RedisServer, replica: RedisServer) -> None:
+    store = gs.RedisStore(client_of(own_redis), prefix=PREFIX, wait_replicas=1, wait_timeout=5)
     on_replica = client_of(replica)
 
     store.create("a", 60, lifetime=600)
@@ -95,19 +62,19 @@ def test_every_write_is_on_the_replica_when_it_is_acknowledged(
 
 
 def test_more_replicas_than_answer_fails_the_write_saying_so(
-        primary: RedisServer, replica: RedisServer) -> None:
-    store = gs.RedisStore(client_of(primary), prefix=PREFIX, wait_replicas=2, wait_timeout=0.2)
+        own_redis: RedisServer, replica: RedisServer) -> None:
+    store = gs.RedisStore(client_of(own_redis), prefix=PREFIX, wait_replicas=2, wait_timeout=0.2)
 
     with pytest.raises(gs.StoreError, match=(
-            rf"^RedisStore at 127\.0\.0\.1:{primary.port}: set was written on the primary, "
+            rf"^RedisStore at 127\.0\.0\.1:{own_redis.port}: set was written on the primary, "
             r"but only 1 of the 2 replicas asked for \(wait_replicas\) had it within "
             r"wait_timeout=0\.2s: it may be lost if the primary fails$")):
         store.set("c", "cart", "secret-value", 60)
 
 
 def test_a_frozen_replica_fails_writes_but_not_reads_that_renew_nothing(
-        primary: RedisServer, replica: RedisServer) -> None:
-    store = gs.RedisStore(client_of(primary), prefix=PREFIX, wait_replicas=1, wait_timeout=0.3)
+        own_redis: RedisServer, replica: RedisServer) -> None:
+    store = gs.RedisStore(client_of(own_redis), prefix=PREFIX, wait_replicas=1, wait_timeout=0.3)
     store.set("d", "cart", "apple", 60)
 
     with frozen(replica):
@@ -120,9 +87,9 @@ def test_a_frozen_replica_fails_writes_but_not_reads_that_renew_nothing(
     assert client_of(replica).hget(PREFIX + "d", "cart") == b'"plum"'
 
 
-def test_a_flushed_script_is_loaded_again_under_wait(primary: RedisServer,
+def test_a_flushed_script_is_loaded_again_under_wait(own_redis: RedisServer,
                                                       replica: RedisServer) -> None:
-    client = client_of(primary)
+    client = client_of(own_redis)
     store = gs.RedisStore(client, prefix=PREFIX, wait_replicas=1, wait_timeout=5)
     store.set("e", "k", 1, 60)
     client.script_flush()
@@ -133,10 +100,10 @@ def test_a_flushed_script_is_loaded_again_under_wait(primary: RedisServer,
     assert client_of(replica).hget(PREFIX + "e", "k") == b"2"
 
 
-def test_async_redis_store_waits_for_its_replicas_too(primary: RedisServer,
+def test_async_redis_store_waits_for_its_replicas_too(own_redis: RedisServer,
                                                       replica: RedisServer) -> None:
     async def writes() -> None:
-        client = redis.asyncio.Redis(host=primary.host, port=primary.port, socket_timeout=5)
+        client = redis.asyncio.Redis(host=own_redis.host, port=own_redis.port, socket_timeout=5)
         try:
             store = gs.AsyncRedisStore(client, prefix=PREFIX, wait_replicas=1, wait_timeout=5)
             await client.script_flush()  # the reload path, awaited
@@ -197,8 +164,8 @@ def test_async_cluster_with_wait_replicas_is_refused_naming_what_works() -> None
         gs.AsyncRedisStore(client, wait_replicas=1)
 
 
-def test_a_read_whose_renewal_is_not_due_writes_nothing(primary: RedisServer) -> None:
-    client = client_of(primary)
+def test_a_read_whose_renewal_is_not_due_writes_nothing(own_redis: RedisServer) -> None:
+    client = client_of(own_redis)
     client.config_set("notify-keyspace-events", "Eg")
     events = client.pubsub()
     events.subscribe("__keyevent@0__:expire")

@@ -13,7 +13,6 @@ import sys
 import threading
 import traceback
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ import redis
 
 import generic_session
 from generic_session import MemoryStore, RedisStore, SQLiteStore, StoreError
-from tests.conftest import redis_server_executable
 from tests.helpers import RedisServer
 
 #: A session id as GenericSession makes it: the prefix and a 40-character token.
@@ -47,32 +45,6 @@ def assert_no_secret(error: BaseException) -> None:
 
 # ---------------------------------------------------------------------------
 # 1. StoreError messages name the store and the failure, never a token or a value
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A redis-server of this module only, so CONFIG SET maxmemory touches no other test."""
-    server = RedisServer(redis_server_executable(), tmp_path_factory.mktemp("redis-own"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def replica(own_redis: RedisServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A read-only replica of ``own_redis`` (replicas refuse writes with READONLY)."""
-    server = RedisServer(
-        redis_server_executable(), tmp_path_factory.mktemp("redis-replica"),
-        extra_args=["--replicaof", own_redis.host, str(own_redis.port)],
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def client_of(server: RedisServer) -> Any:
