@@ -3359,7 +3359,9 @@ class _RedisBase:
         :raises UnknownSession: for a live operation on a session that is not live.
         """
         reply: list[Any] = yield _RedisCall(
-            op, "op", [name], [op, int(live), self._ms(expire), *args], (name, *secret),
+            op, "op", [name],
+            [op, int(live), self._ms(expire), math.floor(_renew_slack(expire) * 1000), *args],
+            (name, *secret),
             op in _REDIS_WRITES)
         if int(reply[0]) == 0:
             raise _unknown(self._where, op)
@@ -3707,13 +3709,15 @@ class AsyncRedisStore(_RedisBase):
 
 
 # One script for every operation of RedisStore, on one key (KEYS[1], the session's
-# hash): ARGV = op, live (0/1), expire in ms, then the op's own arguments.  The
+# hash): ARGV = op, live (0/1), expire in ms, a read's renewal slack in ms, then the
+# op's own arguments.  The
 # lifecycle's field is named '\255gs': a byte no UTF-8 key holds, so no session key
 # can collide with it, and no reply ever carries it.  Its value is the deadline in
 # ms of the server's clock (0: none).  Replies: {0} not live (nothing changed), {1,
 # result}, {2} incr of a value that is not an integer, {3} incr overflow.
 _REDIS_OP = r"""
 local key, op, live, expire = KEYS[1], ARGV[1], ARGV[2] == '1', tonumber(ARGV[3])
+local slack = tonumber(ARGV[4])
 local META = '\255gs'
 local meta = redis.call('HGET', key, META)
 if live and not meta then return {0} end
@@ -3721,8 +3725,8 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- A read renews only when the expiry is more than the slack away from where a renewal
--- puts it (so most reads write nothing, and replicate nothing): min(60 s, 1% of expire).
+-- A read renews only when the expiry is more than the slack (_renew_slack, in ms) away
+-- from where a renewal puts it: most reads write nothing, and replicate nothing.
 local function renew(read)
   local ms = expire
   if meta and tonumber(meta) > 0 then
@@ -3730,12 +3734,11 @@ local function renew(read)
     if left < ms then ms = left end
     if ms < 1 then ms = 1 end
   end
-  local slack = math.min(60000, math.floor(expire / 100))
   if read and math.abs(redis.call('PTTL', key) - ms) <= slack then return end
   redis.call('PEXPIRE', key, ms)
 end
 if op == 'get' then
-  local value = redis.call('HGET', key, ARGV[4])
+  local value = redis.call('HGET', key, ARGV[5])
   renew(true)
   return {1, value}
 elseif op == 'get_all' or op == 'take' then
@@ -3750,34 +3753,34 @@ elseif op == 'get_all' or op == 'take' then
   if op == 'take' then redis.call('DEL', key) else renew(true) end
   return {1, out}
 elseif op == 'set' then
-  redis.call('HSET', key, ARGV[4], ARGV[5])
+  redis.call('HSET', key, ARGV[5], ARGV[6])
   renew()
   return {1}
 elseif op == 'delete' then
-  redis.call('HDEL', key, ARGV[4])
+  redis.call('HDEL', key, ARGV[5])
   renew()
   return {1}
 elseif op == 'extend' then
   renew()
   return {1}
 elseif op == 'incr' then
-  local value = redis.call('HGET', key, ARGV[4])
+  local value = redis.call('HGET', key, ARGV[5])
   if value and not string.match(value, '^%-?%d+$') then return {2} end
-  local sum = redis.pcall('HINCRBY', key, ARGV[4], ARGV[5])
+  local sum = redis.pcall('HINCRBY', key, ARGV[5], ARGV[6])
   if type(sum) == 'table' and sum.err then return {3} end
   renew()
   return {1, sum}
 elseif op == 'create' then
   redis.call('DEL', key)
   local deadline = 0
-  if tonumber(ARGV[4]) > 0 then deadline = now_ms() + tonumber(ARGV[4]) end
+  if tonumber(ARGV[5]) > 0 then deadline = now_ms() + tonumber(ARGV[5]) end
   meta = tostring(deadline)
   redis.call('HSET', key, META, meta)
   renew()
   return {1}
 elseif op == 'put' then
   redis.call('DEL', key)
-  for i = 4, #ARGV, 2 do
+  for i = 5, #ARGV, 2 do
     redis.call('HSET', key, ARGV[i], ARGV[i + 1])
     if ARGV[i] == META then meta = ARGV[i + 1] end
   end

@@ -73,10 +73,10 @@ def store_ops(label: str, store: Any, client: Any) -> dict[str, Any]:
     # (so: the Lua work), against RedisStore.get (so: the store's Python on top).
     empty = client.register_script("return 1")
     script = client.register_script(gs._REDIS_OP)
-    ms = gs.RedisStore._ms(EXPIRE)
+    ms, slack = gs.RedisStore._ms(EXPIRE), int(gs._renew_slack(EXPIRE) * 1000)
 
     def raw_get(i: int) -> object:
-        return script(keys=[ids[i % SESSIONS]], args=["get", 0, ms, "data"])
+        return script(keys=[ids[i % SESSIONS]], args=["get", 0, ms, slack, "data"])
 
     return {**ops, f"{label} PING": lambda _: client.ping(),
             f"{label} EVALSHA return 1": lambda _: empty(),
