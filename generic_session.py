@@ -3539,14 +3539,7 @@ class RedisStore(_RedisBase):
     def _send(self, call: _RedisCall) -> Any:
         try:
             if self._waits(call):
-                node = self._node(call.keys[0])
-                for loaded in (False, True):
-                    with node.pipeline(transaction=False) as pipe:
-                        self._pipelined(call, pipe)
-                        reply = self._waited(call, pipe.execute(raise_on_error=False), loaded)
-                    if reply is not _NOSCRIPT:
-                        return reply
-                    node.script_load(self._script(call.script).script)
+                return self._send_and_wait(call)
             if call.script == "del":
                 return self.client.delete(*call.keys)
             return self._script(call.script)(keys=call.keys, args=call.args)
@@ -3557,6 +3550,19 @@ class RedisStore(_RedisBase):
         # Raised here, out of the except block, so that the original error (whose args
         # quote the command with the token and the value) is not even the __context__.
         raise self._failure(call, failure)
+
+    def _send_and_wait(self, call: _RedisCall) -> Any:
+        """``call`` and a WAIT in one pipeline, on the server holding the key; sent a
+        second time only after loading a script the server did not have."""
+        node = self._node(call.keys[0])
+        for loaded in (False, True):
+            with node.pipeline(transaction=False) as pipe:
+                self._pipelined(call, pipe)
+                reply = self._waited(call, pipe.execute(raise_on_error=False), loaded)
+            if reply is not _NOSCRIPT:
+                break
+            node.script_load(self._script(call.script).script)
+        return reply
 
     def get(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> Any:
         """Return a copy of the value of ``key``, or None (one script: HGET, and PEXPIRE
@@ -3650,14 +3656,7 @@ class AsyncRedisStore(_RedisBase):
     async def _send(self, call: _RedisCall) -> Any:
         try:
             if self._waits(call):
-                for loaded in (False, True):
-                    async with self.client.pipeline(transaction=False) as pipe:
-                        self._pipelined(call, pipe)
-                        replies = await pipe.execute(raise_on_error=False)
-                        reply = self._waited(call, replies, loaded)
-                    if reply is not _NOSCRIPT:
-                        return reply
-                    await self.client.script_load(self._script(call.script).script)
+                return await self._send_and_wait(call)
             if call.script == "del":
                 return await self.client.delete(*call.keys)
             return await self._script(call.script)(keys=call.keys, args=call.args)
@@ -3666,6 +3665,17 @@ class AsyncRedisStore(_RedisBase):
         except Exception as error:
             failure = error
         raise self._failure(call, failure)
+
+    async def _send_and_wait(self, call: _RedisCall) -> Any:
+        """:meth:`RedisStore._send_and_wait`, awaited (one server: no node to pick)."""
+        for loaded in (False, True):
+            async with self.client.pipeline(transaction=False) as pipe:
+                self._pipelined(call, pipe)
+                reply = self._waited(call, await pipe.execute(raise_on_error=False), loaded)
+            if reply is not _NOSCRIPT:
+                break
+            await self.client.script_load(self._script(call.script).script)
+        return reply
 
     async def get(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> Any:
         """:meth:`RedisStore.get`, awaited."""
