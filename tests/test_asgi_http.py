@@ -378,6 +378,18 @@ def test_a_made_up_token_is_not_adopted(serve_asgi: Serve) -> None:
     assert store.get_all(f"session:{issued}", HOUR) == {"k": "v"}
 
 
+def while_a_write_waits(url: str, gate: Gate, cookies: Any, path: str
+                        ) -> tuple[requests.Response, requests.Response]:
+    """Fetch ``path`` while a request of the same session, having read it, waits at
+    ``gate`` before its write; then let it write.  Returns both responses."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        in_flight = pool.submit(fetch, f"{url}/gated-set/cart/apples", cookies)
+        assert gate.arrived.wait(TIMEOUT)  # it has read the session
+        response = fetch(f"{url}{path}", cookies)
+        gate.opened.set()
+        return response, in_flight.result(timeout=TIMEOUT)
+
+
 def test_a_logout_sticks_and_a_request_in_flight_cannot_undo_it(serve_asgi: Serve) -> None:
     store, gate = gs.MemoryStore(), Gate()
     server = serve_asgi(starlette_app(store, gate=gate))
@@ -386,12 +398,7 @@ def test_a_logout_sticks_and_a_request_in_flight_cannot_undo_it(serve_asgi: Serv
         cookies = http.cookies.copy()
     token = cookies["s"]
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        in_flight = pool.submit(fetch, f"{server.url}/gated-set/cart/apples", cookies)
-        assert gate.arrived.wait(TIMEOUT)  # it has read the session; now the user logs out
-        logged_out = fetch(f"{server.url}/logout", cookies)
-        gate.opened.set()
-        late_write = in_flight.result(timeout=TIMEOUT)
+    logged_out, late_write = while_a_write_waits(server.url, gate, cookies, "/logout")
     replayed = fetch(f"{server.url}/get/user", cookies)
 
     assert logged_out.status_code == 200
@@ -413,12 +420,7 @@ def test_a_login_sticks_keeps_the_data_and_a_request_in_flight_cannot_undo_it(
         cookies = http.cookies.copy()
     old = cookies["s"]
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        in_flight = pool.submit(fetch, f"{server.url}/gated-set/cart/apples", cookies)
-        assert gate.arrived.wait(TIMEOUT)
-        logged_in = fetch(f"{server.url}/login", cookies)
-        gate.opened.set()
-        late_write = in_flight.result(timeout=TIMEOUT)
+    logged_in, late_write = while_a_write_waits(server.url, gate, cookies, "/login")
     new = set_cookies(logged_in)["s"]
     after = fetch(f"{server.url}/all", {"s": new, "s.sig": set_cookies(logged_in)["s.sig"]})
     replayed = fetch(f"{server.url}/all", cookies)
