@@ -8,10 +8,11 @@ test modules with ``from tests.helpers import free_port``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,7 +59,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     installed, except on CI (``CI=true``), where that is an error: CI must run
     the Redis tests.
     """
-    server = RedisServer(redis_server_executable(), tmp_path_factory.mktemp("redis"))
+    with started_redis(tmp_path_factory, "redis") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def started_redis(tmp_path_factory: pytest.TempPathFactory, name: str,
+                  extra_args: Sequence[str] = ()) -> Iterator[RedisServer]:
+    """A redis-server of the caller's, started in a fresh temp dir and stopped after."""
+    server = RedisServer(redis_server_executable(), tmp_path_factory.mktemp(name),
+                         extra_args=extra_args)
     server.start()
     try:
         yield server
@@ -88,12 +98,8 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server of the test module only (each module gets its own), so that a
     CONFIG SET (maxmemory, keyspace events) or a SCRIPT FLUSH touches no other test."""
-    server = RedisServer(redis_server_executable(), tmp_path_factory.mktemp("redis-own"))
-    server.start()
-    try:
+    with started_redis(tmp_path_factory, "redis-own") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -103,23 +109,17 @@ def replica(own_redis: RedisServer,
     once its first sync is done, so that a WAIT on the primary counts it."""
     import redis
 
-    server = RedisServer(
-        redis_server_executable(), tmp_path_factory.mktemp("redis-replica"),
-        extra_args=["--replicaof", own_redis.host, str(own_redis.port)],
-    )
-    server.start()
-    client = redis.Redis(host=own_redis.host, port=own_redis.port)
-    deadline = time.monotonic() + 10
-    # Polls a state, not a race: the replica's first sync has to finish before WAIT counts it.
-    while client.info("replication").get("connected_slaves", 0) < 1 or \
-            client.execute_command("WAIT", 1, 100) < 1:
-        assert time.monotonic() < deadline, "the replica never caught up"
-        time.sleep(0.05)
-    client.close()
-    try:
+    with started_redis(tmp_path_factory, "redis-replica",
+                       ["--replicaof", own_redis.host, str(own_redis.port)]) as server:
+        client = redis.Redis(host=own_redis.host, port=own_redis.port)
+        deadline = time.monotonic() + 10
+        # Polls a state, not a race: the replica's first sync must end before WAIT counts it.
+        while client.info("replication").get("connected_slaves", 0) < 1 or \
+                client.execute_command("WAIT", 1, 100) < 1:
+            assert time.monotonic() < deadline, "the replica never caught up"
+            time.sleep(0.05)
+        client.close()
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
