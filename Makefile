@@ -2,7 +2,7 @@
 # package, transitive ones included, held to the exact versions in
 # constraints.txt. It is installed in two steps, each re-run only when its
 # requirements file or constraints.txt changes (thanks to its stamp file):
-# `make demo` installs requirements.txt only (bottle, requests, cachetools: a
+# `make demo` installs requirements.txt only (bottle and requests: a
 # few seconds), `make test`/`make venv` add requirements-dev.txt, and
 # `make notebooks` adds requirements-notebooks.txt (JupyterLab) on top.
 # Needs Python >= 3.11: `make PYTHON=python3.11 test` picks the interpreter.

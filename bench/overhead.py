@@ -88,7 +88,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import datetime
 
 import beaker
-import cachetools
 from beaker.middleware import SessionMiddleware
 
 import generic_session
@@ -812,8 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     micro_loops = 20_000 if args.quick else 100_000
 
     print(f"Python {platform.python_version()} ({platform.python_implementation()}), "
-          f"generic_session {generic_session.__version__}, Beaker {beaker.__version__}, "
-          f"cachetools {cachetools.__version__}")
+          f"generic_session {generic_session.__version__}, Beaker {beaker.__version__}")
     print(f"{requests:,} requests x {repeats} interleaved rounds per app; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print(f"Beaker config: {BEAKER_CONFIG} + session._update_cookie_out() in the handler")

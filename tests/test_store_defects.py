@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import sys
 import threading
 import traceback
 import tracemalloc
@@ -389,14 +388,3 @@ def test_memory_store_counts_about_the_memory_its_sessions_take(keys: int) -> No
     counted, measured = counted_and_measured(20_000, keys)
 
     assert measured / 1.5 <= counted <= measured * 1.5, (counted, measured)
-
-
-def test_memory_store_without_cachetools_raises_import_error_saying_how_to_install_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setitem(sys.modules, "cachetools", None)  # makes `import cachetools` fail
-
-    with pytest.raises(ImportError, match=r"^MemoryStore needs the cachetools package \(its LRU "
-                       r"cache\): pip install cachetools$") as raised:
-        MemoryStore()
-    assert isinstance(raised.value.__cause__, ImportError)

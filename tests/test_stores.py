@@ -1300,3 +1300,23 @@ def test_check_store_catches_a_store_that_breaks_a_lifecycle_rule(
 ) -> None:
     with pytest.raises(AssertionError, match=message):
         check_store(store_class())
+
+
+def test_memory_store_size_follows_create_rename_delete_and_delete_all() -> None:
+    store = MemoryStore()
+    store.create("session:a", 60)
+    empty = memory_size({"session:a": {}})
+    assert f"size={empty}," in repr(store)
+
+    store.set("session:a", "k", 1, 60, live=True)
+    store.rename("session:a", "session:bb", 60)  # a longer id: counted by its own length
+    assert f"size={memory_size({'session:bb': {'k': 1}})}," in repr(store)
+    assert store.get("session:bb", "k", 60, live=True) == 1
+    assert store.get("session:a", "k", 60) is None
+
+    store.delete("session:bb", "k", 60, live=True)  # a live session stays, empty
+    assert f"size={memory_size({'session:bb': {}})}," in repr(store)
+
+    store.delete_all("session:bb")
+    assert repr_sessions(store) == 0
+    assert "size=0," in repr(store)
