@@ -442,20 +442,24 @@ def trick_variants(keygrip: Keygrip) -> list[tuple[str, Callable[[], Any]]]:
         text: str = encoder.encode(value)
         return text
 
+    operation = GenericSession.__dict__["_operation"]
+
     def operation_by_plan(self: Any, name: str, args: tuple[Any, ...], write: bool) -> Any:
-        if self._fast(name):
-            return getattr(self.store, name)(self._id, *args, self.options.expire,
-                                             **(gs._LIVE_ONLY if self._lifecycle else gs._PLAIN))
+        if self._state is gs._LIVE:
+            return operation(self, name, args, write)
         return self._drive(self._operate(name, args, write))
 
-    def never_fast(self: Any, name: str) -> bool:
-        return False
+    def later_operations_by_plan(self: Any, name: str, args: tuple[Any, ...],
+                                 write: bool) -> Any:
+        if self._state is gs._LIVE:
+            return self._drive(self._operate(name, args, write))
+        return operation(self, name, args, write)
 
     return [
         ("first operation inline, not by plan",
          _swap(GenericSession, "_operation", operation_by_plan)),
-        ("later operations one store call, not by plan (_fast)",
-         _swap(gs._SessionCore, "_fast", never_fast)),
+        ("later operations one store call, not by plan",
+         _swap(GenericSession, "_operation", later_operations_by_plan)),
         ("HMAC from prepared pads (Keygrip._keyed)",
          _swap(Keygrip, "_sign_with", staticmethod(plain_hmac))),
         ("cookie attributes made once a second",
