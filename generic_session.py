@@ -61,6 +61,7 @@ if sys.version_info < (3, 11):  # noqa: UP036 (the check is for interpreters old
         % (sys.version_info[0], sys.version_info[1], sys.executable)
     )
 
+import _thread
 import base64
 import binascii
 import calendar
@@ -527,12 +528,13 @@ class Cookies:
     Outside WSGI, make one with :meth:`from_header`.
     """
 
-    __slots__ = ("_emit", "_jar", "_keys", "_request")
+    __slots__ = ("_emit", "_header", "_https", "_jar", "_keys", "_request")
 
     def __init__(
         self, request: Any, response: Any, keys: Keygrip | Sequence[str | bytes] | None = None
     ) -> None:
-        self._setup(_environ_of(request), _header_sink(response), keys)
+        # The environ is read when first needed: middleware may still change it.
+        self._setup(_environ_of(request), None, False, _header_sink(response), keys)
 
     @classmethod
     def from_header(cls, header: str, send: CookieSink,
@@ -541,14 +543,14 @@ class Cookies:
         """Cookies for any kind of server: the request's ``Cookie`` header as text, and
         ``send(cookie_name, header)`` called with each ``Set-Cookie`` value to add."""
         cookies = cls.__new__(cls)
-        request = {"HTTP_COOKIE": header, "wsgi.url_scheme": "https" if https else "http"}
-        cookies._setup(request, send, keys)
+        cookies._setup(None, header, https, send, keys)
         return cookies
 
-    def _setup(self, request: Mapping[str, Any], send: CookieSink,
-               keys: Keygrip | Sequence[str | bytes] | None) -> None:
-        # The request is read when first needed: middleware may still change it.
-        self._request = request
+    def _setup(self, request: Mapping[str, Any] | None, header: str | None, https: bool,
+               send: CookieSink, keys: Keygrip | Sequence[str | bytes] | None) -> None:
+        self._request = request  # a WSGI environ; None when made from a header
+        self._header = header
+        self._https = https
         self._emit = send
         self._keys = keys if keys is None or isinstance(keys, Keygrip) else Keygrip(keys)
         self._jar: dict[str, str] | None = None
@@ -560,8 +562,9 @@ class Cookies:
 
     @property
     def is_https(self) -> bool:
-        """True when the request came over HTTPS (``wsgi.url_scheme``)."""
-        return self._request.get("wsgi.url_scheme") == "https"
+        """True when the request came over HTTPS (``wsgi.url_scheme``, or ``https=``)."""
+        request = self._request
+        return self._https if request is None else request.get("wsgi.url_scheme") == "https"
 
     def __repr__(self) -> str:
         names = sorted(self._cookies())
@@ -569,7 +572,10 @@ class Cookies:
 
     def _cookies(self) -> dict[str, str]:
         if self._jar is None:
-            self._jar = _parse_cookie_header(self._request.get("HTTP_COOKIE", ""))
+            header = self._header
+            if header is None:
+                header = self._request.get("HTTP_COOKIE", "")  # type: ignore[union-attr]
+            self._jar = _parse_cookie_header(header)
         return self._jar
 
     def _keygrip(self, name: str) -> Keygrip:
@@ -1381,6 +1387,11 @@ class _SessionCore:
                             f"{type(store).__name__} has none (see LifecycleStore)")
 
 
+#: The C lock itself: ``threading.RLock()`` is a Python function around it, ~1,600
+#: instructions more per request (bench/instructions.py).
+_RLock = _thread.RLock
+
+
 class GenericSession(_SessionCore):
     """The session of one request: a token in a cookie, its data in a store.
 
@@ -1467,7 +1478,7 @@ class GenericSession(_SessionCore):
               https: Callable[[], bool]) -> None:
         super()._bind(store, options, cookies, https)
         # Two threads of one request may touch a new session at once: one token only.
-        self._lock = threading.RLock()
+        self._lock = _RLock()
 
     def _drive(self, plan: _Plan) -> Any:
         """Run ``plan``, making each store call it asks for; one plan at a time."""
@@ -1730,19 +1741,12 @@ class _DeferredStart:
             raise RuntimeError("the WSGI app returned without calling start_response")
         headers = self.headers
         session = self.session
-        if self.cookies or (session is not None and session.started):
+        cookies = self.cookies
+        if cookies:
+            headers = _with_cookies(headers, cookies.values())
+        elif session is not None and session.started:
             # A response that used the session depends on the cookie.
             headers = _vary_on_cookie(headers)
-        if self.cookies:
-            for name, _ in headers:
-                if name.lower() == "cache-control":
-                    break
-            else:
-                # Vary does not protect a first visit (every new visitor sends the
-                # same, no cookie): a shared cache must not store a Set-Cookie.
-                headers.append(("Cache-Control", "private"))
-            for value in self.cookies.values():
-                headers.append(("Set-Cookie", value))
         self._write = self._start_response(self.status, headers, self.exc_info)
         self.exc_info = None  # its traceback would keep the whole request alive
         self._environ = self.session = None
@@ -1764,6 +1768,31 @@ def _vary_on_cookie(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
                 headers[index] = (name, f"{value}, Cookie" if value.strip() else "Cookie")
             return headers
     return [*headers, ("Vary", "Cookie")]
+
+
+def _with_cookies(headers: list[tuple[str, str]],
+                  cookies: Iterable[str]) -> list[tuple[str, str]]:
+    """A copy of ``headers`` with the ``Set-Cookie`` values ``cookies``, varying on
+    ``Cookie`` (see :func:`_vary_on_cookie`) and, unless the app chose its own
+    ``Cache-Control``, private: ``Vary`` does not protect a first visit (every new
+    visitor sends the same, no cookie), so a shared cache must not store a Set-Cookie.
+
+    One pass over the app's headers for both (two passes cost ~1,400 instructions,
+    ~0.15 us, more: bench/instructions.py).
+    """
+    vary = cache_control = False
+    for name, _ in headers:
+        lowered = name.lower()
+        if lowered == "vary":
+            vary = True
+        elif lowered == "cache-control":
+            cache_control = True
+    headers = _vary_on_cookie(headers) if vary else [*headers, ("Vary", "Cookie")]
+    if not cache_control:
+        headers.append(("Cache-Control", "private"))
+    for value in cookies:
+        headers.append(("Set-Cookie", value))
+    return headers
 
 
 def _close(body: Iterable[bytes]) -> None:
