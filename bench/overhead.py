@@ -563,7 +563,7 @@ _ASGI_SCOPE: Scope = {
 }
 
 
-async def _receive() -> Message:
+async def asgi_receive() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
@@ -576,14 +576,15 @@ class ASGIClient:
         self.scope: Scope = {**_ASGI_SCOPE, "headers": list(_ASGI_SCOPE["headers"])}
         self.served = 0
 
-    async def _send(self, message: Message) -> None:
+    async def collect(self, message: Message) -> None:
+        """The app's ``send``: keeps the messages of the current request."""
         self.messages.append(message)
 
     async def request(self) -> int:
         """One checked request: the n it answered; the session cookie(s) must come back."""
         self.messages = []
         scope = self.scope.copy()
-        await self.app(scope, _receive, self._send)
+        await self.app(scope, asgi_receive, self.collect)
         start, body = self.messages
         if start["status"] != 200:
             raise BenchError(f"ASGI {self.label}: status {start['status']}")
@@ -597,26 +598,31 @@ class ASGIClient:
         return int(body["body"].split(b"=", 1)[1])
 
     async def batch(self, count: int) -> float:
-        app, scope, send = self.app, self.scope, self._send
+        app, scope, send = self.app, self.scope, self.collect
         messages = self.messages
         gc.collect()
         start = time.perf_counter_ns()
         for _ in range(count):
             messages.clear()
-            await app(scope.copy(), _receive, send)
+            await app(scope.copy(), asgi_receive, send)
         elapsed = time.perf_counter_ns() - start
         self.served += count
         return elapsed / count / 1000
 
 
-async def _asgi_rounds(requests: int, repeats: int) -> dict[str, list[float]]:
-    keygrip = Keygrip(KEYS)
+def asgi_clients() -> dict[str, ASGIClient]:
+    """The three ASGI apps, each with the client that calls it, by label."""
     clients = [
         ASGIClient("bare", asgi_bare_app, ()),
         ASGIClient("floor", asgi_floor_middleware(asgi_floor_handler), ("s", "s.sig")),
         ASGIClient("generic_session", generic_session.ASGIMiddleware(
-            asgi_ours_handler, store=MemoryStore(), keys=keygrip), ("s", "s.sig")),
+            asgi_ours_handler, store=MemoryStore(), keys=Keygrip(KEYS)), ("s", "s.sig")),
     ]
+    return {client.label: client for client in clients}
+
+
+async def _asgi_rounds(requests: int, repeats: int) -> dict[str, list[float]]:
+    clients = list(asgi_clients().values())
     first = {client.label: await client.request() for client in clients}  # mints the sessions
     for client in clients:
         await client.batch(max(requests // 2, 500))
