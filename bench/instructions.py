@@ -126,7 +126,7 @@ def main() -> int:
     print(f"{count:,} requests per app, counted by callgrind (the difference of two runs)")
     jobs = [("wsgi", label) for label in WSGI_APPS] + [("asgi", label) for label in ASGI_APPS]
     with ThreadPoolExecutor(max_workers=2) as pool:  # two cores: two valgrinds at a time
-        counted = list(pool.map(lambda job: per_request(*job, count), jobs))
+        counted = list(pool.map(lambda job: per_request(job[0], job[1], count), jobs))
     results = dict(zip(jobs, counted, strict=True))
     wsgi = report("wsgi", {label: results["wsgi", label] for label in WSGI_APPS})
     asgi = report("asgi", {label: results["asgi", label] for label in ASGI_APPS})
