@@ -85,7 +85,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeAlias, cast, runtime_checkable
+from typing import Any, AnyStr, Generic, Protocol, TypeAlias, cast, runtime_checkable
 
 __all__ = [
     "ENVIRON_KEY",
@@ -1743,10 +1743,10 @@ class _DeferredStart:
         session = self.session
         cookies = self.cookies
         if cookies:
-            headers = _with_cookies(headers, cookies.values())
+            headers = _with_cookies(headers, cookies.values(), _WSGI_SPELLING)
         elif session is not None and session.started:
             # A response that used the session depends on the cookie.
-            headers = _vary_on_cookie(headers)
+            headers = _vary_on_cookie(headers, _WSGI_SPELLING)
         self._write = self._start_response(self.status, headers, self.exc_info)
         self.exc_info = None  # its traceback would keep the whole request alive
         self._environ = self.session = None
@@ -1757,21 +1757,50 @@ class _DeferredStart:
         self._write(data)  # type: ignore[misc]  # send() set it
 
 
-def _vary_on_cookie(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+@dataclass(frozen=True, slots=True)
+class _Spelling(Generic[AnyStr]):
+    """How a front door spells the headers the session adds: WSGI's are str, ASGI's
+    bytes with lower-case names, so that one function adds them for both."""
+
+    vary: AnyStr  # a header name, lower-cased, to compare with
+    cache_control: AnyStr
+    vary_cookie: tuple[AnyStr, AnyStr]  # the header to add
+    private: tuple[AnyStr, AnyStr]
+    set_cookie: AnyStr
+    comma: AnyStr
+    cookie: AnyStr
+    and_cookie: AnyStr  # added to a Vary that does not cover Cookie
+    covered: frozenset[AnyStr]  # a Vary holding one of these already covers Cookie
+
+
+_WSGI_SPELLING = _Spelling("vary", "cache-control", ("Vary", "Cookie"),
+                           ("Cache-Control", "private"), "Set-Cookie", ",", "Cookie",
+                           ", Cookie", frozenset({"cookie", "*"}))
+
+
+def _vary_on_cookie(headers: list[tuple[AnyStr, AnyStr]],
+                    spelling: _Spelling[AnyStr]) -> list[tuple[AnyStr, AnyStr]]:
     """A copy of ``headers`` that varies on ``Cookie``: a response that sets a session
-    cookie depends on the cookie, and a shared cache must not serve it to anyone else."""
+    cookie depends on the cookie, and a shared cache must not serve it to anyone else.
+
+    On the headers as the server has them (bytes for ASGI): decoding every header
+    to work on str cost ~1.0 us a request (bench/asgi.py).
+    """
     for index, (name, value) in enumerate(headers):
-        if name.lower() == "vary":
-            varies = {item.strip().lower() for item in value.split(",")}
+        if name.lower() == spelling.vary:
+            varies = {item.strip().lower() for item in value.split(spelling.comma)}
             headers = list(headers)
-            if not varies & {"cookie", "*"}:
-                headers[index] = (name, f"{value}, Cookie" if value.strip() else "Cookie")
+            if not varies & spelling.covered:
+                headers[index] = (name, value + spelling.and_cookie if value.strip()
+                                  else spelling.cookie)
             return headers
-    return [*headers, ("Vary", "Cookie")]
+    headers = list(headers)
+    headers.append(spelling.vary_cookie)
+    return headers
 
 
-def _with_cookies(headers: list[tuple[str, str]],
-                  cookies: Iterable[str]) -> list[tuple[str, str]]:
+def _with_cookies(headers: list[tuple[AnyStr, AnyStr]], cookies: Iterable[AnyStr],
+                  spelling: _Spelling[AnyStr]) -> list[tuple[AnyStr, AnyStr]]:
     """A copy of ``headers`` with the ``Set-Cookie`` values ``cookies``, varying on
     ``Cookie`` (see :func:`_vary_on_cookie`) and, unless the app chose its own
     ``Cache-Control``, private: ``Vary`` does not protect a first visit (every new
@@ -1783,15 +1812,20 @@ def _with_cookies(headers: list[tuple[str, str]],
     vary = cache_control = False
     for name, _ in headers:
         lowered = name.lower()
-        if lowered == "vary":
+        if lowered == spelling.vary:
             vary = True
-        elif lowered == "cache-control":
+        elif lowered == spelling.cache_control:
             cache_control = True
-    headers = _vary_on_cookie(headers) if vary else [*headers, ("Vary", "Cookie")]
+    if vary:
+        headers = _vary_on_cookie(headers, spelling)
+    else:
+        headers = list(headers)
+        headers.append(spelling.vary_cookie)
     if not cache_control:
-        headers.append(("Cache-Control", "private"))
+        headers.append(spelling.private)
+    set_cookie = spelling.set_cookie
     for value in cookies:
-        headers.append(("Set-Cookie", value))
+        headers.append((set_cookie, value))
     return headers
 
 
@@ -2242,9 +2276,12 @@ class AsyncGenericSession(_SessionCore):
 
 def _cookie_header(scope: _Scope) -> str:
     """The request's ``Cookie`` header(s) as text (HTTP/2 may split it in several)."""
-    values = [value.decode("latin-1") for name, value in scope.get("headers", ())
-              if name == b"cookie"]
-    return "; ".join(values)
+    header = ""
+    for name, value in scope.get("headers", ()):
+        if name == b"cookie":
+            text = value.decode("latin-1")
+            header = f"{header}; {text}" if header else text
+    return header
 
 
 class _ASGIResponse:
@@ -2294,14 +2331,15 @@ class _ASGIResponse:
     def _with_cookies(self, start: _Message) -> _Message:
         self.started = True
         session = self.session
-        headers = list(start.get("headers", ()))
-        if self.cookies or (session is not None and session.started):
-            headers = _vary_on_cookie_bytes(headers)
-        if self.cookies:
-            if not any(name.lower() == b"cache-control" for name, _ in headers):
-                headers.append((b"cache-control", b"private"))
-            headers += [(b"set-cookie", value.encode("latin-1"))
-                        for value in self.cookies.values()]
+        headers = start.get("headers", ())
+        cookies = self.cookies
+        if cookies:
+            headers = _with_cookies(
+                headers, [value.encode("latin-1") for value in cookies.values()], _ASGI_SPELLING)
+        elif session is not None and session.started:
+            headers = _vary_on_cookie(headers, _ASGI_SPELLING)
+        else:
+            headers = list(headers)
         self._scope = self.session = None
         return {**start, "headers": headers}
 
@@ -2309,17 +2347,9 @@ class _ASGIResponse:
 _BODY_MESSAGES = frozenset({"http.response.body", "http.response.pathsend"})
 
 
-def _vary_on_cookie_bytes(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """:func:`_vary_on_cookie` for ASGI's byte-string headers, on the bytes: decoding
-    every header to reuse the str version cost ~1.0 us a request (bench/asgi.py)."""
-    for index, (name, value) in enumerate(headers):
-        if name.lower() == b"vary":
-            varies = {item.strip().lower() for item in value.split(b",")}
-            headers = list(headers)
-            if not varies & {b"cookie", b"*"}:
-                headers[index] = (name, value + b", Cookie" if value.strip() else b"Cookie")
-            return headers
-    return [*headers, (b"vary", b"Cookie")]
+_ASGI_SPELLING = _Spelling(b"vary", b"cache-control", (b"vary", b"Cookie"),
+                           (b"cache-control", b"private"), b"set-cookie", b",", b"Cookie",
+                           b", Cookie", frozenset({b"cookie", b"*"}))
 
 
 def _websocket_sink(token: str | None, cookie_name: str) -> CookieSink:
