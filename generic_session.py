@@ -1479,7 +1479,7 @@ class GenericSession(_SessionCore):
 
     def _bind(self, store: Any, options: SessionOptions, cookies: Cookies,
               https: Callable[[], bool]) -> None:
-        super()._bind(store, options, cookies, https)
+        _SessionCore._bind(self, store, options, cookies, https)  # not super(): ~900 instructions
         # Two threads of one request may touch a new session at once: one token only.
         self._lock = _RLock()
 
@@ -2133,7 +2133,7 @@ class AsyncGenericSession(_SessionCore):
 
     def _bind(self, store: Any, options: SessionOptions, cookies: Cookies,
               https: Callable[[], bool]) -> None:
-        super()._bind(store, options, cookies, https)
+        _SessionCore._bind(self, store, options, cookies, https)  # not super(): ~900 instructions
         awaits = _AWAITS.get(type(store))
         self._awaits = _check_async_store(store) if awaits is None else awaits
         # Two tasks of one request may touch a new session at once: one plan at a time,

@@ -14,7 +14,8 @@ How: each app of ``bench/overhead.py`` (WSGI: bare, floor, ours; ASGI: bare,
 floor, ours) runs in a child process under callgrind twice, for ``SMALL`` and for
 ``SMALL + COUNT`` requests after the same checks and warm-up; the difference of
 the two totals, divided by ``COUNT``, is what one request costs (start-up,
-imports and the checks cancel out).  Without valgrind it says so and exits 0.
+imports and the checks cancel out), with one hash seed so that a count repeats
+to within a few dozen instructions.  Without valgrind it says so and exits 0.
 
 Usage::
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -82,7 +84,10 @@ def instructions(kind: str, label: str, count: int) -> int:
     result = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
          sys.executable, __file__, "--child", kind, label, str(count)],
-        capture_output=True, text=True, check=False, cwd=ROOT)
+        capture_output=True, text=True, check=False, cwd=ROOT,
+        # One hash seed: dicts then grow alike in every run, and a count repeats to
+        # within ~20 instructions (a random seed moves it by ~1,000).
+        env={**os.environ, "PYTHONHASHSEED": "0"})
     match = _COLLECTED.search(result.stderr)
     if result.returncode != 0 or match is None:
         raise RuntimeError(f"callgrind run of {kind} {label} failed:\n{result.stderr[-2000:]}")
