@@ -6,8 +6,11 @@ this benchmark starts on a free loopback port (persistence off):
 
 1. ``get`` and ``set`` of one key (a 55-character JSON value, over 1,000
    sessions) and ``PING``, in interleaved rounds, medians; the ratios get/PING
-   and set/PING against their target (at most 1.15).  Twice: with redis-py's
-   default parser, which is hiredis' when ``hiredis`` is installed, and with
+   and set/PING against their target (at most 1.15).  Beside them, where the time
+   goes: an ``EVALSHA`` of an empty script and of the store's script (get's
+   arguments), through redis-py's ``Script`` and through ``execute_command``.
+   Twice: with redis-py's default parser, which is hiredis' when ``hiredis`` is
+   installed, and with
    ``parser_class=redis.connection._RESP2Parser`` (redis-py's pure-Python RESP2
    parser, what a client without hiredis uses); and a third time in a child
    process where ``hiredis`` cannot be imported at all (parser and command packer
@@ -68,27 +71,46 @@ def store_ops(label: str, store: Any, client: Any) -> dict[str, Any]:
     ops: dict[str, Any] = common_store_ops(label, store)
     ids = SESSION_IDS
 
-    # Where a get's time goes beyond the round trip: redis-py's Script call of a script
-    # that does nothing, and of the store's own script with the arguments get sends
-    # (so: the Lua work), against RedisStore.get (so: the store's Python on top).
+    # Where a get's time goes beyond the round trip: an EVALSHA of a script that does
+    # nothing, and of the store's own script with the arguments get sends (so: the Lua
+    # work), each through redis-py's Script object (how the store used to send it) and
+    # straight through execute_command (how it sends it now), against RedisStore.get
+    # (so: the store's Python on top).
     empty = client.register_script("return 1")
     script = client.register_script(gs._REDIS_OP)
     ms, slack = gs.RedisStore._ms(EXPIRE), int(gs._renew_slack(EXPIRE) * 1000)
+    execute = client.execute_command
 
-    def raw_get(i: int) -> object:
+    def script_get(i: int) -> object:
         return script(keys=[ids[i % SESSIONS]], args=["get", 0, ms, slack, "data"])
 
+    def execute_get(i: int) -> object:
+        return execute("EVALSHA", script.sha, 1, ids[i % SESSIONS], "get", 0, ms, slack, "data")
+
     return {**ops, f"{label} PING": lambda _: client.ping(),
-            f"{label} EVALSHA return 1": lambda _: empty(),
-            f"{label} EVALSHA store script, get": raw_get}
+            f"{label} Script return 1": lambda _: empty(),
+            f"{label} execute_command EVALSHA return 1":
+                lambda _: execute("EVALSHA", empty.sha, 0),
+            f"{label} Script store get": script_get,
+            f"{label} execute_command EVALSHA store get": execute_get}
+
+
+#: The columns of the RedisStore table after the client's name: the ops of store_ops.
+COLUMNS = ["PING", "Script return 1", "execute_command EVALSHA return 1", "Script store get",
+           "execute_command EVALSHA store get", "get", "set"]
 
 
 def report(label: str, us: dict[str, float]) -> None:
     ping = us[f"{label} PING"]
     get, set_ = us[f"{label} get"], us[f"{label} set"]
-    empty, raw = us[f"{label} EVALSHA return 1"], us[f"{label} EVALSHA store script, get"]
-    print(f"| {label} | {ping:.1f} | {empty:.1f} | {raw:.1f} | {get:.1f} | {set_:.1f} | "
-          f"{get / ping:.2f}x | {set_ / ping:.2f}x |")
+    cells = " | ".join(f"{us[f'{label} {column}']:.1f}" for column in COLUMNS)
+    print(f"| {label} | {cells} | {get / ping:.2f}x | {set_ / ping:.2f}x |")
+
+
+def header() -> None:
+    print("| RedisStore client | " + " | ".join(f"{column} µs" for column in COLUMNS)
+          + " | get / PING | set / PING |")
+    print("|---|" + "---:|" * (len(COLUMNS) + 2))
 
 
 def sync_clients(server: Any, hiredis_importable: bool) -> dict[str, Any]:
@@ -116,9 +138,7 @@ def run_sync(server: Any, quick: bool, hiredis_importable: bool) -> dict[str, fl
         ops.update(store_ops(label, gs.RedisStore(client), client))
     batch, repeats = (500, 5) if quick else (2000, 9)
     us = medians(interleaved(ops, batch, repeats))
-    print("| RedisStore client | PING µs | EVALSHA `return 1` µs | EVALSHA store script "
-          "(get) µs | get µs | set µs | get / PING | set / PING |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    header()
     for label in clients:
         report(label, us)
     ratios = {}
