@@ -3342,6 +3342,34 @@ class _RedisBase:
     def _ms(expire: float) -> int:
         return max(1, math.ceil(expire * 1000))
 
+    # -- the operation script's arguments and replies -----------------------
+
+    def _args(self, op: str, live: bool, expire: float, *args: str | int) -> list[str | int]:
+        """The operation script's ARGV: op, live, expire and a read's renewal slack (in
+        ms), then the op's own arguments."""
+        return [op, 1 if live else 0, self._ms(expire),
+                math.floor(_renew_slack(expire) * 1000), *args]
+
+    def _checked(self, op: str, reply: list[Any]) -> list[Any]:
+        """The operation script's ``reply``.
+
+        :raises UnknownSession: for a live operation on a session that is not live.
+        """
+        if reply[0] == 0:
+            raise _unknown(self._where, op)
+        return reply
+
+    def _value(self, reply: list[Any], key: str) -> Any:
+        """What ``get`` returns for the script's ``reply``: the decoded value, or None."""
+        value = self._checked("get", reply)[1] if len(reply) > 1 else None
+        if value is None:
+            return None
+        try:
+            return decode_json(value)
+        except ValueError:
+            failure = _not_json(self._where, "get", [(key, value)])
+        raise failure  # out of the except block: the decode error (holding the value) is dropped
+
     # -- plans: the operations, written once --------------------------------
 
     def _op(self, op: str, name: str, live: bool, expire: float, *args: str | int,
@@ -3350,25 +3378,9 @@ class _RedisBase:
 
         :raises UnknownSession: for a live operation on a session that is not live.
         """
-        reply: list[Any] = yield _RedisCall(
-            op, "op", [name],
-            [op, int(live), self._ms(expire), math.floor(_renew_slack(expire) * 1000), *args],
-            (name, *secret),
-            op in _REDIS_WRITES)
-        if int(reply[0]) == 0:
-            raise _unknown(self._where, op)
-        return reply
-
-    def _get(self, id: SessionId, key: str, expire: float, live: bool) -> _RedisPlan:
-        reply = yield from self._op("get", self.prefix + id, live, expire, key)
-        value = reply[1] if len(reply) > 1 else None
-        if value is None:
-            return None
-        try:
-            return decode_json(value)
-        except ValueError:
-            failure = _not_json(self._where, "get", [(key, value)])
-        raise failure  # out of the except block: the decode error (holding the value) is dropped
+        reply: list[Any] = yield _RedisCall(op, "op", [name], self._args(op, live, expire, *args),
+                                            (name, *secret), op in _REDIS_WRITES)
+        return self._checked(op, reply)
 
     def _get_all(self, id: SessionId, expire: float, live: bool) -> _RedisPlan:
         flat = (yield from self._op("get_all", self.prefix + id, live, expire))[1]
@@ -3572,10 +3584,27 @@ class RedisStore(_RedisBase):
         self.client.script_load(_REDIS_SCRIPTS[which])
         return self.client.execute_command("EVALSHA", _REDIS_SHA[which], len(keys), *keys, *args)
 
+    def _direct(self, op: str, name: str, args: list[str | int], *secret: str) -> list[Any]:
+        """One run of the operation script on ``name`` for an op that does not WAIT,
+        without a plan or a ``_RedisCall`` (built only for an error's message).
+
+        What ``get`` and ``set`` take: the plan's generator and call object cost ~1 µs.
+        """
+        try:
+            reply: list[Any] = self._evalsha("op", [name], args)
+        except (TypeError, ValueError):  # a bad argument of the caller's: Redis is fine
+            raise
+        except Exception as error:
+            failure = error
+        else:
+            return self._checked(op, reply)
+        raise self._failure(_RedisCall(op, "op", [name], args, (name, *secret), False), failure)
+
     def get(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> Any:
         """Return a copy of the value of ``key``, or None (one script: HGET, and PEXPIRE
         when the renewal is due)."""
-        return self._run(self._get(id, key, expire, live))
+        return self._value(self._direct("get", self.prefix + id,
+                                        self._args("get", live, expire, key)), key)
 
     def get_all(self, id: SessionId, expire: float, *, live: bool = False) -> dict[str, Any]:
         """Return a copy of all the session's data (one script: HGETALL, PEXPIRE if due)."""
@@ -3584,7 +3613,11 @@ class RedisStore(_RedisBase):
     def set(self, id: SessionId, key: str, value: Any, expire: float, *,
             live: bool = False) -> None:
         """Store ``value`` under ``key`` (one script: HSET, PEXPIRE)."""
-        self._run(self._set(id, key, value, expire, live))
+        if self.wait_replicas:
+            self._run(self._set(id, key, value, expire, live))
+        else:
+            text = encode_json(key, value)
+            self._direct("set", self.prefix + id, self._args("set", live, expire, key, text), text)
 
     def delete(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> None:
         """Remove ``key`` from the session (one script: HDEL, PEXPIRE)."""
@@ -3697,9 +3730,23 @@ class AsyncRedisStore(_RedisBase):
         return await self.client.execute_command("EVALSHA", _REDIS_SHA[which], len(keys),
                                                  *keys, *args)
 
+    async def _direct(self, op: str, name: str, args: list[str | int],
+                      *secret: str) -> list[Any]:
+        """:meth:`RedisStore._direct`, awaited."""
+        try:
+            reply: list[Any] = await self._evalsha("op", [name], args)
+        except (TypeError, ValueError):
+            raise
+        except Exception as error:
+            failure = error
+        else:
+            return self._checked(op, reply)
+        raise self._failure(_RedisCall(op, "op", [name], args, (name, *secret), False), failure)
+
     async def get(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> Any:
         """:meth:`RedisStore.get`, awaited."""
-        return await self._run(self._get(id, key, expire, live))
+        return self._value(await self._direct("get", self.prefix + id,
+                                              self._args("get", live, expire, key)), key)
 
     async def get_all(self, id: SessionId, expire: float, *,
                       live: bool = False) -> dict[str, Any]:
@@ -3709,7 +3756,12 @@ class AsyncRedisStore(_RedisBase):
     async def set(self, id: SessionId, key: str, value: Any, expire: float, *,
                   live: bool = False) -> None:
         """:meth:`RedisStore.set`, awaited."""
-        await self._run(self._set(id, key, value, expire, live))
+        if self.wait_replicas:
+            await self._run(self._set(id, key, value, expire, live))
+        else:
+            text = encode_json(key, value)
+            await self._direct("set", self.prefix + id,
+                               self._args("set", live, expire, key, text), text)
 
     async def delete(self, id: SessionId, key: str, expire: float, *,
                      live: bool = False) -> None:
