@@ -15,7 +15,9 @@ this benchmark starts on a free loopback port (persistence off):
    parser, what a client without hiredis uses); and a third time in a child
    process where ``hiredis`` cannot be imported at all (parser and command packer
    both pure Python: exactly what a user who did not install it gets).
-2. ``get``/``set`` with 1,000 and with 1,000,000 sessions stored (filled by a Lua
+2. What redis-server itself spends per command (``INFO commandstats``): ``PING``,
+   ``HGET`` and the scripts, the share of a store operation no client change removes.
+3. ``get``/``set`` with 1,000 and with 1,000,000 sessions stored (filled by a Lua
    script in chunks, a few seconds), interleaved: the cost must stay flat.
 
 Usage::
@@ -198,6 +200,51 @@ def run_async(server: Any, quick: bool) -> dict[str, float]:
             "AsyncRedisStore set / PING": us["set"] / us["PING"]}
 
 
+def inside_redis(server: Any, quick: bool) -> None:
+    """What the server itself spends per command (INFO commandstats), client noise apart.
+
+    The part of a store operation no client-side change can remove: the script's run
+    in redis-server, against PING's.  Each command is run alone between two CONFIG
+    RESETSTATs (commandstats add up per command name, not per script), in rounds.
+    """
+    import redis
+
+    client: Any = redis.Redis(host=server.host, port=server.port, socket_timeout=5)
+    store = gs.RedisStore(client)
+    ids = SESSION_IDS
+    for id in ids:
+        store.set(id, "data", VALUE, EXPIRE)
+    empty = client.script_load("return 1")
+    sha = gs._REDIS_SHA["op"]
+    ms, slack = gs.RedisStore._ms(EXPIRE), int(gs._renew_slack(EXPIRE) * 1000)
+    text = gs.encode_json("data", VALUE)
+    execute = client.execute_command
+    commands: dict[str, tuple[str, Callable[[str], object]]] = {
+        "PING": ("ping", lambda id: execute("PING")),
+        "HGET": ("hget", lambda id: execute("HGET", id, "data")),
+        "EVALSHA `return 1` (get's arguments)": (
+            "evalsha", lambda id: execute("EVALSHA", empty, 1, id, "get", 0, ms, slack, "data")),
+        "EVALSHA store script, get": (
+            "evalsha", lambda id: execute("EVALSHA", sha, 1, id, "get", 0, ms, slack, "data")),
+        "EVALSHA store script, set": (
+            "evalsha", lambda id: execute("EVALSHA", sha, 1, id, "set", 0, ms, slack, "data",
+                                          text)),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(5 if quick else 9):
+        for name, (stat, command) in commands.items():
+            client.config_resetstat()
+            for i in range(500 if quick else 2000):
+                command(ids[i % SESSIONS])
+            samples[name].append(client.info("commandstats")[f"cmdstat_{stat}"]["usec_per_call"])
+    client.close()
+    us = medians(samples)
+    print("\n| inside redis-server (INFO commandstats, medians) | µs per call |")
+    print("|---|---:|")
+    for name in commands:
+        print(f"| {name} | {us[name]:.2f} |")
+
+
 def scaling(server: Any, quick: bool) -> None:
     """get/set at 1,000 and 1,000,000 stored sessions (other keys' count), interleaved."""
     import redis
@@ -283,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             child.append("--quick")
         subprocess.run(child, check=True)
         ratios.update(run_async(server, args.quick))
+        inside_redis(server, args.quick)
         for label, ratio in ratios.items():
             target(label, ratio, LIMIT)
         scaling(server, args.quick)
