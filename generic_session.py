@@ -3422,7 +3422,6 @@ class _RedisBase:
         self.address = _redis_address(client)
         self._where = f"{self._kind} at {self.address}"
         self._cluster = callable(getattr(client, "get_node_from_key", None))
-        self._scripts: dict[str, Any] = {}  # registered on first use: sends nothing
 
     def __repr__(self) -> str:
         waits = f", wait_replicas={self.wait_replicas}" if self.wait_replicas else ""
@@ -3436,12 +3435,33 @@ class _RedisBase:
     def _ms(expire: float) -> int:
         return max(1, math.ceil(expire * 1000))
 
-    def _script(self, which: str) -> Any:
-        script = self._scripts.get(which)
-        if script is None:
-            source = _REDIS_OP if which == "op" else _REDIS_RENAME
-            script = self._scripts[which] = self.client.register_script(source)
-        return script
+    # -- the operation script's arguments and replies -----------------------
+
+    def _args(self, op: str, live: bool, expire: float, *args: str | int) -> list[str | int]:
+        """The operation script's ARGV: op, live, expire and a read's renewal slack (in
+        ms), then the op's own arguments."""
+        return [op, 1 if live else 0, self._ms(expire),
+                math.floor(_renew_slack(expire) * 1000), *args]
+
+    def _checked(self, op: str, reply: list[Any]) -> list[Any]:
+        """The operation script's ``reply``.
+
+        :raises UnknownSession: for a live operation on a session that is not live.
+        """
+        if reply[0] == 0:
+            raise _unknown(self._where, op)
+        return reply
+
+    def _value(self, reply: list[Any], key: str) -> Any:
+        """What ``get`` returns for the script's ``reply``: the decoded value, or None."""
+        value = self._checked("get", reply)[1] if len(reply) > 1 else None
+        if value is None:
+            return None
+        try:
+            return decode_json(value)
+        except ValueError:
+            failure = _not_json(self._where, "get", [(key, value)])
+        raise failure  # out of the except block: the decode error (holding the value) is dropped
 
     # -- plans: the operations, written once --------------------------------
 
@@ -3451,25 +3471,9 @@ class _RedisBase:
 
         :raises UnknownSession: for a live operation on a session that is not live.
         """
-        reply: list[Any] = yield _RedisCall(
-            op, "op", [name],
-            [op, int(live), self._ms(expire), math.floor(_renew_slack(expire) * 1000), *args],
-            (name, *secret),
-            op in _REDIS_WRITES)
-        if int(reply[0]) == 0:
-            raise _unknown(self._where, op)
-        return reply
-
-    def _get(self, id: SessionId, key: str, expire: float, live: bool) -> _RedisPlan:
-        reply = yield from self._op("get", self.prefix + id, live, expire, key)
-        value = reply[1] if len(reply) > 1 else None
-        if value is None:
-            return None
-        try:
-            return decode_json(value)
-        except ValueError:
-            failure = _not_json(self._where, "get", [(key, value)])
-        raise failure  # out of the except block: the decode error (holding the value) is dropped
+        reply: list[Any] = yield _RedisCall(op, "op", [name], self._args(op, live, expire, *args),
+                                            (name, *secret), op in _REDIS_WRITES)
+        return self._checked(op, reply)
 
     def _get_all(self, id: SessionId, expire: float, live: bool) -> _RedisPlan:
         flat = (yield from self._op("get_all", self.prefix + id, live, expire))[1]
@@ -3550,7 +3554,7 @@ class _RedisBase:
         if call.script == "del":
             pipe.delete(*call.keys)
         else:
-            pipe.evalsha(self._script(call.script).sha, len(call.keys), *call.keys, *call.args)
+            pipe.evalsha(_REDIS_SHA[call.script], len(call.keys), *call.keys, *call.args)
         pipe.execute_command("WAIT", self.wait_replicas, self._ms(self.wait_timeout))
 
     def _waited(self, call: _RedisCall, replies: list[Any], loaded: bool) -> Any:
@@ -3635,7 +3639,7 @@ class RedisStore(_RedisBase):
                 return self._send_and_wait(call)
             if call.script == "del":
                 return self.client.delete(*call.keys)
-            return self._script(call.script)(keys=call.keys, args=call.args)
+            return self._evalsha(call.script, call.keys, call.args)
         except (TypeError, ValueError, StoreError):  # a bad argument of the caller's: Redis is fine
             raise
         except Exception as error:  # redis-py raises its own ConnectionError, TimeoutError...
@@ -3654,13 +3658,46 @@ class RedisStore(_RedisBase):
                 reply = self._waited(call, pipe.execute(raise_on_error=False), loaded)
             if reply is not _NOSCRIPT:
                 break
-            node.script_load(self._script(call.script).script)
+            node.script_load(_REDIS_SCRIPTS[call.script])
         return reply
+
+    def _evalsha(self, which: str, keys: list[str], args: list[str | int]) -> Any:
+        """Run the script ``which``; loaded and sent again if the server lacks it (flushed,
+        restarted, a new node), as redis-py's ``Script`` does.
+
+        Straight through ``execute_command`` (a cluster client routes EVALSHA by its
+        keys): redis-py's ``Script.__call__`` and ``evalsha`` on the way cost ~2.5 µs.
+        """
+        try:
+            return self.client.execute_command("EVALSHA", _REDIS_SHA[which], len(keys),
+                                               *keys, *args)
+        except Exception as error:
+            if type(error).__name__ != "NoScriptError":
+                raise
+        self.client.script_load(_REDIS_SCRIPTS[which])
+        return self.client.execute_command("EVALSHA", _REDIS_SHA[which], len(keys), *keys, *args)
+
+    def _direct(self, op: str, name: str, args: list[str | int], *secret: str) -> list[Any]:
+        """One run of the operation script on ``name`` for an op that does not WAIT,
+        without a plan or a ``_RedisCall`` (built only for an error's message).
+
+        What ``get`` and ``set`` take: the plan's generator and call object cost ~1 µs.
+        """
+        try:
+            reply: list[Any] = self._evalsha("op", [name], args)
+        except (TypeError, ValueError):  # a bad argument of the caller's: Redis is fine
+            raise
+        except Exception as error:
+            failure = error
+        else:
+            return self._checked(op, reply)
+        raise self._failure(_RedisCall(op, "op", [name], args, (name, *secret), False), failure)
 
     def get(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> Any:
         """Return a copy of the value of ``key``, or None (one script: HGET, and PEXPIRE
         when the renewal is due)."""
-        return self._run(self._get(id, key, expire, live))
+        return self._value(self._direct("get", self.prefix + id,
+                                        self._args("get", live, expire, key)), key)
 
     def get_all(self, id: SessionId, expire: float, *, live: bool = False) -> dict[str, Any]:
         """Return a copy of all the session's data (one script: HGETALL, PEXPIRE if due)."""
@@ -3669,7 +3706,11 @@ class RedisStore(_RedisBase):
     def set(self, id: SessionId, key: str, value: Any, expire: float, *,
             live: bool = False) -> None:
         """Store ``value`` under ``key`` (one script: HSET, PEXPIRE)."""
-        self._run(self._set(id, key, value, expire, live))
+        if self.wait_replicas:
+            self._run(self._set(id, key, value, expire, live))
+        else:
+            text = encode_json(key, value)
+            self._direct("set", self.prefix + id, self._args("set", live, expire, key, text), text)
 
     def delete(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> None:
         """Remove ``key`` from the session (one script: HDEL, PEXPIRE)."""
@@ -3752,7 +3793,7 @@ class AsyncRedisStore(_RedisBase):
                 return await self._send_and_wait(call)
             if call.script == "del":
                 return await self.client.delete(*call.keys)
-            return await self._script(call.script)(keys=call.keys, args=call.args)
+            return await self._evalsha(call.script, call.keys, call.args)
         except (TypeError, ValueError, StoreError):
             raise
         except Exception as error:
@@ -3767,12 +3808,38 @@ class AsyncRedisStore(_RedisBase):
                 reply = self._waited(call, await pipe.execute(raise_on_error=False), loaded)
             if reply is not _NOSCRIPT:
                 break
-            await self.client.script_load(self._script(call.script).script)
+            await self.client.script_load(_REDIS_SCRIPTS[call.script])
         return reply
+
+    async def _evalsha(self, which: str, keys: list[str], args: list[str | int]) -> Any:
+        """:meth:`RedisStore._evalsha`, awaited."""
+        try:
+            return await self.client.execute_command("EVALSHA", _REDIS_SHA[which], len(keys),
+                                                     *keys, *args)
+        except Exception as error:
+            if type(error).__name__ != "NoScriptError":
+                raise
+        await self.client.script_load(_REDIS_SCRIPTS[which])
+        return await self.client.execute_command("EVALSHA", _REDIS_SHA[which], len(keys),
+                                                 *keys, *args)
+
+    async def _direct(self, op: str, name: str, args: list[str | int],
+                      *secret: str) -> list[Any]:
+        """:meth:`RedisStore._direct`, awaited."""
+        try:
+            reply: list[Any] = await self._evalsha("op", [name], args)
+        except (TypeError, ValueError):
+            raise
+        except Exception as error:
+            failure = error
+        else:
+            return self._checked(op, reply)
+        raise self._failure(_RedisCall(op, "op", [name], args, (name, *secret), False), failure)
 
     async def get(self, id: SessionId, key: str, expire: float, *, live: bool = False) -> Any:
         """:meth:`RedisStore.get`, awaited."""
-        return await self._run(self._get(id, key, expire, live))
+        return self._value(await self._direct("get", self.prefix + id,
+                                              self._args("get", live, expire, key)), key)
 
     async def get_all(self, id: SessionId, expire: float, *,
                       live: bool = False) -> dict[str, Any]:
@@ -3782,7 +3849,12 @@ class AsyncRedisStore(_RedisBase):
     async def set(self, id: SessionId, key: str, value: Any, expire: float, *,
                   live: bool = False) -> None:
         """:meth:`RedisStore.set`, awaited."""
-        await self._run(self._set(id, key, value, expire, live))
+        if self.wait_replicas:
+            await self._run(self._set(id, key, value, expire, live))
+        else:
+            text = encode_json(key, value)
+            await self._direct("set", self.prefix + id,
+                               self._args("set", live, expire, key, text), text)
 
     async def delete(self, id: SessionId, key: str, expire: float, *,
                      live: bool = False) -> None:
@@ -3912,6 +3984,12 @@ end
 redis.call('PEXPIRE', KEYS[2], ms)
 return {1, left}
 """
+
+#: The scripts by the name a ``_RedisCall`` gives them, and their SHA-1 (what EVALSHA
+#: sends): computed here, so that no call has to register or load them first.
+_REDIS_SCRIPTS = {"op": _REDIS_OP, "rename": _REDIS_RENAME}
+_REDIS_SHA = {name: hashlib.sha1(source.encode()).hexdigest()
+              for name, source in _REDIS_SCRIPTS.items()}
 
 
 # ============================================================================

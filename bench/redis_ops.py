@@ -6,13 +6,18 @@ this benchmark starts on a free loopback port (persistence off):
 
 1. ``get`` and ``set`` of one key (a 55-character JSON value, over 1,000
    sessions) and ``PING``, in interleaved rounds, medians; the ratios get/PING
-   and set/PING against their target (at most 1.15).  Twice: with redis-py's
-   default parser, which is hiredis' when ``hiredis`` is installed, and with
+   and set/PING against their target (at most 1.15).  Beside them, where the time
+   goes: an ``EVALSHA`` of an empty script and of the store's script (get's
+   arguments), through redis-py's ``Script`` and through ``execute_command``.
+   Twice: with redis-py's default parser, which is hiredis' when ``hiredis`` is
+   installed, and with
    ``parser_class=redis.connection._RESP2Parser`` (redis-py's pure-Python RESP2
    parser, what a client without hiredis uses); and a third time in a child
    process where ``hiredis`` cannot be imported at all (parser and command packer
    both pure Python: exactly what a user who did not install it gets).
-2. ``get``/``set`` with 1,000 and with 1,000,000 sessions stored (filled by a Lua
+2. What redis-server itself spends per command (``INFO commandstats``): ``PING``,
+   ``HGET`` and the scripts, the share of a store operation no client change removes.
+3. ``get``/``set`` with 1,000 and with 1,000,000 sessions stored (filled by a Lua
    script in chunks, a few seconds), interleaved: the cost must stay flat.
 
 Usage::
@@ -68,27 +73,46 @@ def store_ops(label: str, store: Any, client: Any) -> dict[str, Any]:
     ops: dict[str, Any] = common_store_ops(label, store)
     ids = SESSION_IDS
 
-    # Where a get's time goes beyond the round trip: redis-py's Script call of a script
-    # that does nothing, and of the store's own script with the arguments get sends
-    # (so: the Lua work), against RedisStore.get (so: the store's Python on top).
+    # Where a get's time goes beyond the round trip: an EVALSHA of a script that does
+    # nothing, and of the store's own script with the arguments get sends (so: the Lua
+    # work), each through redis-py's Script object (how the store used to send it) and
+    # straight through execute_command (how it sends it now), against RedisStore.get
+    # (so: the store's Python on top).
     empty = client.register_script("return 1")
     script = client.register_script(gs._REDIS_OP)
     ms, slack = gs.RedisStore._ms(EXPIRE), int(gs._renew_slack(EXPIRE) * 1000)
+    execute = client.execute_command
 
-    def raw_get(i: int) -> object:
+    def script_get(i: int) -> object:
         return script(keys=[ids[i % SESSIONS]], args=["get", 0, ms, slack, "data"])
 
+    def execute_get(i: int) -> object:
+        return execute("EVALSHA", script.sha, 1, ids[i % SESSIONS], "get", 0, ms, slack, "data")
+
     return {**ops, f"{label} PING": lambda _: client.ping(),
-            f"{label} EVALSHA return 1": lambda _: empty(),
-            f"{label} EVALSHA store script, get": raw_get}
+            f"{label} Script return 1": lambda _: empty(),
+            f"{label} execute_command EVALSHA return 1":
+                lambda _: execute("EVALSHA", empty.sha, 0),
+            f"{label} Script store get": script_get,
+            f"{label} execute_command EVALSHA store get": execute_get}
+
+
+#: The columns of the RedisStore table after the client's name: the ops of store_ops.
+COLUMNS = ["PING", "Script return 1", "execute_command EVALSHA return 1", "Script store get",
+           "execute_command EVALSHA store get", "get", "set"]
 
 
 def report(label: str, us: dict[str, float]) -> None:
     ping = us[f"{label} PING"]
     get, set_ = us[f"{label} get"], us[f"{label} set"]
-    empty, raw = us[f"{label} EVALSHA return 1"], us[f"{label} EVALSHA store script, get"]
-    print(f"| {label} | {ping:.1f} | {empty:.1f} | {raw:.1f} | {get:.1f} | {set_:.1f} | "
-          f"{get / ping:.2f}x | {set_ / ping:.2f}x |")
+    cells = " | ".join(f"{us[f'{label} {column}']:.1f}" for column in COLUMNS)
+    print(f"| {label} | {cells} | {get / ping:.2f}x | {set_ / ping:.2f}x |")
+
+
+def header() -> None:
+    print("| RedisStore client | " + " | ".join(f"{column} µs" for column in COLUMNS)
+          + " | get / PING | set / PING |")
+    print("|---|" + "---:|" * (len(COLUMNS) + 2))
 
 
 def sync_clients(server: Any, hiredis_importable: bool) -> dict[str, Any]:
@@ -116,9 +140,7 @@ def run_sync(server: Any, quick: bool, hiredis_importable: bool) -> dict[str, fl
         ops.update(store_ops(label, gs.RedisStore(client), client))
     batch, repeats = (500, 5) if quick else (2000, 9)
     us = medians(interleaved(ops, batch, repeats))
-    print("| RedisStore client | PING µs | EVALSHA `return 1` µs | EVALSHA store script "
-          "(get) µs | get µs | set µs | get / PING | set / PING |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    header()
     for label in clients:
         report(label, us)
     ratios = {}
@@ -176,6 +198,51 @@ def run_async(server: Any, quick: bool) -> dict[str, float]:
           f"{us['get'] / us['PING']:.2f}x | {us['set'] / us['PING']:.2f}x |")
     return {"AsyncRedisStore get / PING": us["get"] / us["PING"],
             "AsyncRedisStore set / PING": us["set"] / us["PING"]}
+
+
+def inside_redis(server: Any, quick: bool) -> None:
+    """What the server itself spends per command (INFO commandstats), client noise apart.
+
+    The part of a store operation no client-side change can remove: the script's run
+    in redis-server, against PING's.  Each command is run alone between two CONFIG
+    RESETSTATs (commandstats add up per command name, not per script), in rounds.
+    """
+    import redis
+
+    client: Any = redis.Redis(host=server.host, port=server.port, socket_timeout=5)
+    store = gs.RedisStore(client)
+    ids = SESSION_IDS
+    for id in ids:
+        store.set(id, "data", VALUE, EXPIRE)
+    empty = client.script_load("return 1")
+    sha = gs._REDIS_SHA["op"]
+    ms, slack = gs.RedisStore._ms(EXPIRE), int(gs._renew_slack(EXPIRE) * 1000)
+    text = gs.encode_json("data", VALUE)
+    execute = client.execute_command
+    commands: dict[str, tuple[str, Callable[[str], object]]] = {
+        "PING": ("ping", lambda id: execute("PING")),
+        "HGET": ("hget", lambda id: execute("HGET", id, "data")),
+        "EVALSHA `return 1` (get's arguments)": (
+            "evalsha", lambda id: execute("EVALSHA", empty, 1, id, "get", 0, ms, slack, "data")),
+        "EVALSHA store script, get": (
+            "evalsha", lambda id: execute("EVALSHA", sha, 1, id, "get", 0, ms, slack, "data")),
+        "EVALSHA store script, set": (
+            "evalsha", lambda id: execute("EVALSHA", sha, 1, id, "set", 0, ms, slack, "data",
+                                          text)),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(5 if quick else 9):
+        for name, (stat, command) in commands.items():
+            client.config_resetstat()
+            for i in range(500 if quick else 2000):
+                command(ids[i % SESSIONS])
+            samples[name].append(client.info("commandstats")[f"cmdstat_{stat}"]["usec_per_call"])
+    client.close()
+    us = medians(samples)
+    print("\n| inside redis-server (INFO commandstats, medians) | µs per call |")
+    print("|---|---:|")
+    for name in commands:
+        print(f"| {name} | {us[name]:.2f} |")
 
 
 def scaling(server: Any, quick: bool) -> None:
@@ -263,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             child.append("--quick")
         subprocess.run(child, check=True)
         ratios.update(run_async(server, args.quick))
+        inside_redis(server, args.quick)
         for label, ratio in ratios.items():
             target(label, ratio, LIMIT)
         scaling(server, args.quick)

@@ -152,6 +152,54 @@ def test_sqlite_store_error_names_store_path_and_operation_but_not_the_id_or_val
     assert_no_secret(raised.value)
 
 
+def test_redis_store_loads_its_scripts_again_when_the_server_has_lost_them(
+    own_redis: RedisServer,
+) -> None:
+    client = client_of(own_redis)
+    client.flushdb()
+    store = RedisStore(client, prefix="app:")
+    try:
+        store.set(SESSION_ID, "cart", 1, 60)
+        for op in ("get", "set", "create", "rename"):  # each first after a SCRIPT FLUSH
+            client.script_flush()
+            if op == "get":
+                assert store.get(SESSION_ID, "cart", 60) == 1
+            elif op == "set":
+                store.set(SESSION_ID, "cart", 2, 60)
+            elif op == "create":
+                store.create("session:other", 60)
+            else:  # the one-server RENAME script
+                assert store.rename("session:other", "session:renamed", 60) is None
+        assert store.get(SESSION_ID, "cart", 60) == 2
+        assert client.exists("app:session:renamed") == 1
+    finally:
+        client.close()
+
+
+def test_async_redis_store_loads_its_scripts_again_when_the_server_has_lost_them(
+    own_redis: RedisServer,
+) -> None:
+    import asyncio
+
+    import redis.asyncio
+
+    async def main() -> None:
+        client = redis.asyncio.Redis(host=own_redis.host, port=own_redis.port, socket_timeout=5)
+        try:
+            await client.flushdb()
+            store = generic_session.AsyncRedisStore(client, prefix="app:")
+            await client.script_flush()
+            await store.set(SESSION_ID, "cart", 1, 60)
+            await client.script_flush()
+            assert await store.get(SESSION_ID, "cart", 60) == 1
+            await client.script_flush()
+            assert await store.incr(SESSION_ID, "n", 2, 60) == 2
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
 # ---------------------------------------------------------------------------
 # 3. A stored value that is not JSON is a StoreError naming the key, never the value
 

@@ -1204,6 +1204,17 @@ def test_redis_store_on_a_cluster_keeps_each_session_as_one_hash_written_in_one_
     pipe.reset()
 
 
+def test_redis_store_on_a_cluster_loads_its_script_again_on_the_node_that_lost_it(
+    cluster_client: Any
+) -> None:
+    store = RedisStore(cluster_client, prefix="app:")
+    cluster_client.script_flush()  # on every primary: here, the one node
+    store.set("session:a", "n", 1, 30)
+    cluster_client.script_flush()
+    assert store.get("session:a", "n", 30) == 1
+    assert store.incr("session:a", "n", 2, 30) == 3
+
+
 def test_redis_store_on_a_cluster_names_the_cluster_address_in_its_errors(
     redis_cluster: RedisClusterNode, cluster_client: Any
 ) -> None:
