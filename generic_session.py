@@ -3453,8 +3453,8 @@ class _RedisBase:
         return reply
 
     def _value(self, reply: list[Any], key: str) -> Any:
-        """What ``get`` returns for the script's ``reply``: the decoded value, or None."""
-        value = self._checked("get", reply)[1] if len(reply) > 1 else None
+        """What ``get`` returns for the script's checked ``reply``: the decoded value, or None."""
+        value = reply[1] if len(reply) > 1 else None
         if value is None:
             return None
         try:
@@ -3988,7 +3988,7 @@ return {1, left}
 #: The scripts by the name a ``_RedisCall`` gives them, and their SHA-1 (what EVALSHA
 #: sends): computed here, so that no call has to register or load them first.
 _REDIS_SCRIPTS = {"op": _REDIS_OP, "rename": _REDIS_RENAME}
-_REDIS_SHA = {name: hashlib.sha1(source.encode()).hexdigest()
+_REDIS_SHA = {name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
               for name, source in _REDIS_SCRIPTS.items()}
 
 
