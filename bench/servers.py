@@ -6,6 +6,10 @@ plain WSGI (or ASGI) routing those two paths, so no framework is measured.  Each
 server serves, in a process of its own on a free loopback port:
 
 - ``bare``: the same two routes keeping ``foo`` in a module-level dict, no session;
+- ``floor``: the same routes behind the hand-written floor of ``bench/overhead.py``
+  (one regex per cookie, one HMAC, a dict of sessions, the same four headers a
+  session's response carries): what the least a signed-cookie session can do
+  costs under the same server, the bound of the target below;
 - one app per store: ``MemoryStore``, ``SQLiteStore`` (a file in a temp dir) and
   ``RedisStore`` (a redis-server this benchmark starts); under uvicorn the blocking
   stores are wrapped in ``ThreadedStore`` (``AsyncRedisStore`` is used instead when
@@ -55,7 +59,7 @@ from tests.helpers import LOOPBACK  # noqa: E402
 
 KEYS = ["bench signing key"]
 CONNECTIONS = 4
-STORES = ("bare", "MemoryStore", "SQLiteStore", "RedisStore")
+STORES = ("bare", "floor", "MemoryStore", "SQLiteStore", "RedisStore")
 SERVERS = ("waitress", "uvicorn")
 ROUTE = re.compile(r"^/(?:set/([^/]+)/([^/]+)|get/([^/]+))$")
 
@@ -96,17 +100,22 @@ def wsgi_app(kind: str, directory: Path, redis_port: int) -> Callable[..., Itera
             start_response("404 Not Found", [("Content-Length", "0")])
             return [b""]
         session = environ.get(gs.ENVIRON_KEY)
+        floor = environ.get("floor.session")  # the floor's: JSON text in a dict
         set_key, value, get_key = match.groups()
         if set_key is not None:
-            if session is None:
-                bare[environ.get("REMOTE_PORT"), set_key] = value
-            else:
+            if session is not None:
                 session.set(set_key, value)
+            elif floor is not None:
+                floor[set_key] = json.dumps(value)
+            else:
+                bare[environ.get("REMOTE_PORT"), set_key] = value
             answer: Any = value
-        elif session is None:
-            answer = bare.get((environ.get("REMOTE_PORT"), get_key))
-        else:
+        elif session is not None:
             answer = session.get(get_key)
+        elif floor is not None:
+            answer = json.loads(floor[get_key]) if get_key in floor else None
+        else:
+            answer = bare.get((environ.get("REMOTE_PORT"), get_key))
         body = json.dumps(answer).encode()
         start_response("200 OK", [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(body)))])
@@ -114,6 +123,10 @@ def wsgi_app(kind: str, directory: Path, redis_port: int) -> Callable[..., Itera
 
     if kind == "bare":
         return app
+    if kind == "floor":
+        from bench.overhead import floor_middleware
+
+        return floor_middleware(app)
     return gs.middleware(make_store(kind, directory, redis_port, False), keys=KEYS)(app)
 
 
@@ -131,17 +144,22 @@ def asgi_app(kind: str, directory: Path, redis_port: int) -> Any:
             await send({"type": "http.response.body", "body": b""})
             return
         session = scope.get("session")
+        floor = scope.get("floor.session")
         set_key, value, get_key = match.groups()
         if set_key is not None:
-            if session is None:
-                bare[scope["client"][1], set_key] = value
-            else:
+            if session is not None:
                 await session.set(set_key, value)
+            elif floor is not None:
+                floor[set_key] = json.dumps(value)
+            else:
+                bare[scope["client"][1], set_key] = value
             answer: Any = value
-        elif session is None:
-            answer = bare.get((scope["client"][1], get_key))
-        else:
+        elif session is not None:
             answer = await session.get(get_key)
+        elif floor is not None:
+            answer = json.loads(floor[get_key]) if get_key in floor else None
+        else:
+            answer = bare.get((scope["client"][1], get_key))
         body = json.dumps(answer).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"),
@@ -150,6 +168,10 @@ def asgi_app(kind: str, directory: Path, redis_port: int) -> Any:
 
     if kind == "bare":
         return app
+    if kind == "floor":
+        from bench.overhead import asgi_floor_middleware
+
+        return asgi_floor_middleware(app)
     return gs.ASGIMiddleware(app, store=make_store(kind, directory, redis_port, True), keys=KEYS)
 
 
@@ -305,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(load(int(port), float(seconds), float(warmup), session == "1")))
         return 0
 
-    seconds, warmup, rounds = (1.0, 0.3, 2) if args.quick else (2.5, 0.5, 3)
+    seconds, warmup, rounds = (1.0, 0.3, 2) if args.quick else (2.0, 0.5, 5)
     directory = Path(tempfile.mkdtemp(prefix="generic-session-bench-servers-"))
     redis_server, note = start_redis(directory)
     kinds = [kind for kind in STORES if kind != "RedisStore" or redis_server is not None]
@@ -365,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{memory['cpu'] / bare['cpu']:.2f}x, i.e. "
                   f"{100 * (1 - bare['cpu'] / memory['cpu']):.0f}% of a CPU-bound server's "
                   "throughput)")
+            floor = figures[server, "floor"]
+            print(f"       ({server}: the hand-written floor, in the same rounds, costs "
+                  f"{100 * (1 - floor['rps'] / bare['rps']):.0f}% of the throughput and "
+                  f"+{floor['cpu'] - bare['cpu']:.0f} µs of server CPU a request; the session "
+                  f"+{memory['cpu'] - bare['cpu']:.0f} µs)")
     finally:
         for proc, _ in procs.values():
             proc.terminate()
