@@ -2894,6 +2894,7 @@ _SQLITE_COLUMNS = (("live", "INTEGER NOT NULL DEFAULT 0"), ("deadline", "REAL"))
 _SQL_RENEW = ("UPDATE session_expiry SET expires_at = min(?, coalesce(deadline, ?)) "
               "WHERE id = ? AND expires_at > ?")
 _SQL_RENEW_LIVE = _SQL_RENEW + " AND live = 1"
+_SQL_EXPIRY_ROW = "SELECT expires_at, live, deadline FROM session_expiry WHERE id = ?"
 # Values are read as bytes (decode_json decodes them): a TEXT column that is not UTF-8
 # would otherwise fail inside sqlite3 with an error quoting the stored value.
 _SQL_VALUE = "SELECT CAST(value AS BLOB) FROM session_data WHERE id = ? AND key = ?"
@@ -2917,7 +2918,9 @@ class SQLiteStore:
     the session's renewal is due, i.e. its stored expiry is more than the slack off
     ``now + expire`` (capped at its deadline); the slack is ``min(60 s, 1% of
     expire)`` (``_renew_slack``), so the idle timeout holds to within it.  A due
-    renewal is a ``BEGIN IMMEDIATE`` write, as before.
+    renewal is a ``BEGIN IMMEDIATE`` write, as before.  Writes (``set``, ``delete``,
+    ``incr``, ``extend``) rewrite the expiry under the same rule: a ``set`` whose
+    renewal is not due writes its value's row only.
 
     Each operation borrows a connection from a small pool and gives it back, so a
     server that starts a thread per request opens at most ``max_connections``
@@ -3097,9 +3100,26 @@ class SQLiteStore:
             raise _unknown(self._where, op)
         return bool(renewed)
 
+    def _renew_when_due(self, db: sqlite3.Connection, id: SessionId, now: float,
+                        expire: float, live: bool, op: str) -> None:
+        """A write's renewal: as a read's, only when due (one ``SELECT`` of the session's
+        row, the ``UPDATE`` only then); with ``live``, UnknownSession unless it is live.
+
+        A renewal rewrites the expiry row and moves its entry in the ``expires_at``
+        index: skipping it when it is not due halves a ``set`` (bench/stores.py:
+        ~50 -> ~24 us), and the idle timeout holds to within the same slack.
+        """
+        row = db.execute(_SQL_EXPIRY_ROW, (id,)).fetchone()
+        if not self._fresh(row, now, expire, live, op):
+            self._renew(db, id, now, expire, live, op)
+
     def _open_plain(self, db: sqlite3.Connection, id: SessionId, now: float,
                     expire: float) -> None:
-        """Make sure a plain write has a session row to write under, as Node's ``set`` does."""
+        """Make sure a plain write has a session row to write under, as Node's ``set`` does,
+        renewed when due (as :meth:`_renew_when_due`)."""
+        row = db.execute(_SQL_EXPIRY_ROW, (id,)).fetchone()
+        if row is not None and row[0] > now and self._fresh(row, now, expire, False, "set"):
+            return  # alive, and its renewal not due: nothing to write
         # An expired session that was not swept yet must not come back to life, its
         # data nor its liveness.
         db.execute("DELETE FROM session_data WHERE id = ? AND EXISTS (SELECT 1 FROM "
@@ -3133,10 +3153,10 @@ class SQLiteStore:
             self._checkin(db, *lease)
 
     def _fresh(self, row: Any, now: float, expire: float, live: bool, op: str) -> bool:
-        """From a read session row ``(expires_at, live, deadline, ...)`` or None: True when
-        the read may stand as it is (no session, or one alive whose renewal is not due),
-        False when it must go the write path; UnknownSession when ``live`` and the session
-        is not a live one."""
+        """From a session row ``(expires_at, live, deadline, ...)`` or None: True when it
+        needs no renewal (no session, or one alive whose renewal is not due), so a read
+        may stand as it is; False when the renewal is due; UnknownSession when ``live``
+        and the session is not a live one."""
         if row is None or row[0] <= now:
             if live:
                 raise _unknown(self._where, op)
@@ -3197,7 +3217,7 @@ class SQLiteStore:
         now = self._clock()
         with self._transaction("set") as db:
             if live:
-                self._renew(db, id, now, expire, True, "set")
+                self._renew_when_due(db, id, now, expire, True, "set")
             else:
                 self._open_plain(db, id, now, expire)
             db.execute(_SQL_UPSERT_VALUE, (id, key, text))
@@ -3207,7 +3227,7 @@ class SQLiteStore:
         """Remove ``key`` from the session."""
         now = self._clock()
         with self._transaction("delete") as db:
-            self._renew(db, id, now, expire, live, "delete")
+            self._renew_when_due(db, id, now, expire, live, "delete")
             db.execute("DELETE FROM session_data WHERE id = ? AND key = ?", (id, key))
             self._sweep(db, now)
 
@@ -3221,7 +3241,7 @@ class SQLiteStore:
         """Renew the session's expiry, if it exists."""
         now = self._clock()
         with self._transaction("extend") as db:
-            self._renew(db, id, now, expire, live, "extend")
+            self._renew_when_due(db, id, now, expire, live, "extend")
 
     def create(self, id: SessionId, expire: float, lifetime: float | None = None) -> None:
         """Make ``id`` a live session with no data, ending ``lifetime`` seconds from now."""
@@ -3245,7 +3265,7 @@ class SQLiteStore:
         now = self._clock()
         with self._transaction("incr") as db:
             if live:
-                self._renew(db, id, now, expire, True, "incr")
+                self._renew_when_due(db, id, now, expire, True, "incr")
             else:
                 self._open_plain(db, id, now, expire)
             row = db.execute(_SQL_VALUE, (id, key)).fetchone()

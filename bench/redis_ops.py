@@ -47,9 +47,11 @@ sys.path.insert(0, str(ROOT))
 import generic_session as gs  # noqa: E402
 from bench.common import (  # noqa: E402
     EXPIRE,
+    LIFETIME,
     SESSION_IDS,
     SESSIONS,
     VALUE,
+    create,
     interleaved,
     medians,
     start_redis,
@@ -58,11 +60,16 @@ from bench.common import (  # noqa: E402
 from bench.common import store_ops as common_store_ops  # noqa: E402
 
 LIMIT = 1.15
+# Live sessions with a deadline, as the store's create and set make them: the store's
+# own field ('\255gs', the deadline in ms since the epoch) and the value.
 FILL = """
 local value, ms, first, last = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = redis.call('TIME')
+local deadline = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                          + tonumber(ARGV[5]))
 for i = first, last do
   local key = 'fill:' .. i
-  redis.call('HSET', key, 'data', value)
+  redis.call('HSET', key, '\\255gs', deadline, 'data', value)
   redis.call('PEXPIRE', key, ms)
 end
 return last - first + 1
@@ -84,10 +91,10 @@ def store_ops(label: str, store: Any, client: Any) -> dict[str, Any]:
     execute = client.execute_command
 
     def script_get(i: int) -> object:
-        return script(keys=[ids[i % SESSIONS]], args=["get", 0, ms, slack, "data"])
+        return script(keys=[ids[i % SESSIONS]], args=["get", 1, ms, slack, "data"])
 
     def execute_get(i: int) -> object:
-        return execute("EVALSHA", script.sha, 1, ids[i % SESSIONS], "get", 0, ms, slack, "data")
+        return execute("EVALSHA", script.sha, 1, ids[i % SESSIONS], "get", 1, ms, slack, "data")
 
     return {**ops, f"{label} PING": lambda _: client.ping(),
             f"{label} Script return 1": lambda _: empty(),
@@ -167,11 +174,12 @@ def run_async(server: Any, quick: bool) -> dict[str, float]:
         store = module.AsyncRedisStore(client)
         ids = [f"session:async-{n:06d}" for n in range(SESSIONS)]
         for id in ids:
-            await store.set(id, "data", VALUE, EXPIRE)
-        assert await store.get(ids[0], "data", EXPIRE) == VALUE
+            await store.create(id, EXPIRE, LIFETIME)
+            await store.set(id, "data", VALUE, EXPIRE, live=True)
+        assert await store.get(ids[0], "data", EXPIRE, live=True) == VALUE
         ops: dict[str, Callable[[int], Awaitable[object]]] = {
-            "get": lambda i: store.get(ids[i % SESSIONS], "data", EXPIRE),
-            "set": lambda i: store.set(ids[i % SESSIONS], "data", VALUE, EXPIRE),
+            "get": lambda i: store.get(ids[i % SESSIONS], "data", EXPIRE, live=True),
+            "set": lambda i: store.set(ids[i % SESSIONS], "data", VALUE, EXPIRE, live=True),
             "PING": lambda _: client.ping(),
         }
         samples: dict[str, list[float]] = {name: [] for name in ops}
@@ -212,8 +220,7 @@ def inside_redis(server: Any, quick: bool) -> None:
     client: Any = redis.Redis(host=server.host, port=server.port, socket_timeout=5)
     store = gs.RedisStore(client)
     ids = SESSION_IDS
-    for id in ids:
-        store.set(id, "data", VALUE, EXPIRE)
+    create(store, ids)
     empty = client.script_load("return 1")
     sha = gs._REDIS_SHA["op"]
     ms, slack = gs.RedisStore._ms(EXPIRE), int(gs._renew_slack(EXPIRE) * 1000)
@@ -223,11 +230,11 @@ def inside_redis(server: Any, quick: bool) -> None:
         "PING": ("ping", lambda id: execute("PING")),
         "HGET": ("hget", lambda id: execute("HGET", id, "data")),
         "EVALSHA `return 1` (get's arguments)": (
-            "evalsha", lambda id: execute("EVALSHA", empty, 1, id, "get", 0, ms, slack, "data")),
+            "evalsha", lambda id: execute("EVALSHA", empty, 1, id, "get", 1, ms, slack, "data")),
         "EVALSHA store script, get": (
-            "evalsha", lambda id: execute("EVALSHA", sha, 1, id, "get", 0, ms, slack, "data")),
+            "evalsha", lambda id: execute("EVALSHA", sha, 1, id, "get", 1, ms, slack, "data")),
         "EVALSHA store script, set": (
-            "evalsha", lambda id: execute("EVALSHA", sha, 1, id, "set", 0, ms, slack, "data",
+            "evalsha", lambda id: execute("EVALSHA", sha, 1, id, "set", 1, ms, slack, "data",
                                           text)),
     }
     samples: dict[str, list[float]] = {name: [] for name in commands}
@@ -260,16 +267,16 @@ def scaling(server: Any, quick: bool) -> None:
     for size in sizes:
         while filled < size:  # chunks of 100,000: no script runs for long
             last = min(size, filled + 100_000)
-            fill(args=[text, 3_600_000, filled + 1, last])
+            fill(args=[text, 3_600_000, filled + 1, last, int(LIFETIME * 1000)])
             filled = last
         picks = [f"fill:{n}" for n in range(1, size + 1, max(1, size // 1000))][:1000]
-        assert store.get(picks[0], "data", EXPIRE) == VALUE
+        assert store.get(picks[0], "data", EXPIRE, live=True) == VALUE
 
         def get(i: int, picks: list[str] = picks) -> object:
-            return store.get(picks[i % len(picks)], "data", EXPIRE)
+            return store.get(picks[i % len(picks)], "data", EXPIRE, live=True)
 
         def set_(i: int, picks: list[str] = picks) -> None:
-            store.set(picks[i % len(picks)], "data", VALUE, EXPIRE)
+            store.set(picks[i % len(picks)], "data", VALUE, EXPIRE, live=True)
 
         # The keys of one size are picked while only that many exist; both are timed
         # once all are filled, so the larger size shows what a big keyspace costs.

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from generic_session import SQLiteStore, StoreError, _renew_slack
+from generic_session import SQLiteStore, StoreError, UnknownSession, _renew_slack
 from tests.helpers import FakeClock
 
 ID = "session:reader"
@@ -194,3 +194,106 @@ def test_a_shorter_expire_is_due_at_once(tmp_path: Path) -> None:
     assert stored_expiry(path) == clock.now + 10
     clock.advance(10)
     assert store.get(ID, "k", 3600) is None
+
+
+# -- writes renew under the same rule -------------------------------------------------
+
+
+def test_a_live_write_whose_renewal_is_not_due_writes_no_expiry(tmp_path: Path) -> None:
+    """set, delete, incr and extend of a live session leave its expiry row alone while the
+    renewal is not due (the value's row is written all the same)."""
+    path = tmp_path / "sessions.db"
+    clock = FakeClock()
+    expire = 1000.0  # slack: 10 s
+    store = SQLiteStore(path, clock=clock)
+    store.create(ID, expire)
+    created = clock.now
+    clock.advance(_renew_slack(expire) / 2)
+
+    store.set(ID, "k", 1, expire, live=True)
+    store.set(ID, "gone", 2, expire, live=True)
+    store.delete(ID, "gone", expire, live=True)
+    assert store.incr(ID, "n", 5, expire, live=True) == 5
+    store.extend(ID, expire, live=True)
+
+    assert stored_expiry(path) == created + expire
+    assert store.get_all(ID, expire, live=True) == {"k": 1, "n": 5}
+
+
+def test_a_live_write_whose_renewal_is_due_renews(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    clock = FakeClock()
+    expire = 1000.0
+    store = SQLiteStore(path, clock=clock)
+    store.create(ID, expire)
+
+    for write in (lambda: store.set(ID, "k", 1, expire, live=True),
+                  lambda: store.delete(ID, "k", expire, live=True),
+                  lambda: store.incr(ID, "n", 1, expire, live=True),
+                  lambda: store.extend(ID, expire, live=True)):
+        clock.advance(_renew_slack(expire) + 1)
+        write()
+        assert stored_expiry(path) == clock.now + expire
+
+    store.set(ID, "k", 2, 10, live=True)  # a shorter expire is due at once
+    assert stored_expiry(path) == clock.now + 10
+    clock.advance(10)
+    assert store.get(ID, "k", expire) is None
+
+
+def test_unrenewed_writes_never_stretch_the_session(tmp_path: Path) -> None:
+    """A session written at the end of the slack still ends ``expire`` after the write that
+    renewed it: within the slack of ``expire`` after its last write."""
+    path = tmp_path / "sessions.db"
+    clock = FakeClock()
+    expire = 1000.0
+    slack = _renew_slack(expire)
+    store = SQLiteStore(path, clock=clock)
+    store.create(ID, expire)
+    clock.advance(slack * 0.99)
+    store.set(ID, "k", 1, expire, live=True)  # not due: no renewal
+    clock.advance(expire - slack * 0.99)  # idle for less than expire since that write
+
+    assert store.get(ID, "k", expire) is None
+    with pytest.raises(UnknownSession, match=r"^SQLiteStore at .*: set\(live=True\) found no "
+                       r"live session; nothing was changed$"):
+        store.set(ID, "k", 2, expire, live=True)
+
+
+def test_a_live_write_on_a_session_that_is_not_live_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    clock = FakeClock()
+    store = SQLiteStore(path, clock=clock)
+    store.set(ID, "plain", 1, 3600)  # a plain session (Node's set): never created live
+
+    for write in (lambda: store.set(ID, "k", 1, 3600, live=True),
+                  lambda: store.delete(ID, "plain", 3600, live=True),
+                  lambda: store.incr(ID, "n", 1, 3600, live=True),
+                  lambda: store.extend(ID, 3600, live=True)):
+        with pytest.raises(UnknownSession):
+            write()
+
+    assert store.get_all(ID, 3600) == {"plain": 1}
+
+
+def test_a_plain_write_renews_only_when_due_and_never_revives(tmp_path: Path) -> None:
+    """Node's set (no live flag) under the same rule; an expired session, not swept yet,
+    still comes back empty rather than with its old data."""
+    path = tmp_path / "sessions.db"
+    clock = FakeClock()
+    expire = 1000.0
+    store = SQLiteStore(path, clock=clock)
+    store.set(ID, "k", 1, expire)
+    written = clock.now
+    clock.advance(_renew_slack(expire) / 2)
+    store.set(ID, "k", 2, expire)
+    assert stored_expiry(path) == written + expire  # not due: the value's row only
+
+    clock.advance(_renew_slack(expire))
+    store.set(ID, "k", 3, expire)
+    assert stored_expiry(path) == clock.now + expire  # due: renewed
+
+    clock.advance(expire)  # expired, not swept
+    store.set(ID, "fresh", 4, expire)
+    assert store.get_all(ID, expire) == {"fresh": 4}
+    assert stored_expiry(path) == clock.now + expire
