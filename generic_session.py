@@ -791,8 +791,9 @@ def _renew_slack(expire: float) -> float:
     The smaller of a minute and 1% of ``expire``: a read whose renewal is not due
     writes nothing, so most reads of a busy session are plain reads, and the idle
     timeout still holds to within this slack (a session idle for ``expire`` seconds
-    has ended; one idle for ``expire - slack`` seconds has not).  A store that renews
-    on every read has no slack at all, which the contract allows too.
+    has ended; one idle for ``expire - slack`` seconds has not).  ``SQLiteStore``
+    applies it to its writes too, where a renewal is two more rows written.  A store
+    that renews on every operation has no slack at all, which the contract allows too.
     """
     return min(_RENEW_SLACK_MAX, expire / 100)
 
