@@ -185,6 +185,18 @@ class Tab:
             payload = json.loads(body)
         return response.status, payload, pairs
 
+    def connect(self) -> None:
+        """Open the tab's connection now, ahead of its first request (a refusal leaves it
+        to that request, which then raises)."""
+        self.close()
+        self.connection = http.client.HTTPConnection(self.host, self.port,
+                                                     timeout=self.timeout)
+        try:
+            self.connection.connect()
+        except OSError:
+            self.close()
+        self.last_used = time.monotonic()
+
     def close(self) -> None:
         if self.connection is not None:
             self.connection.close()

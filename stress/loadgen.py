@@ -278,6 +278,13 @@ def run_client(process: int, host: str, port: int, users: int, tabs: int, start:
                                lock))
         for u, user in enumerate(people) for t in range(tabs)
     ]
+    # Every tab connects now, while the server is idle, as an open browser already is:
+    # not all at once at the start, when waitress (one accept per turn of its main loop,
+    # 30-100 ms a turn under this load) takes seconds to accept the last of 200, and
+    # those first requests would be timed with that wait.
+    for user in people:
+        for tab in user.tabs:
+            tab.connect()
     time.sleep(max(0.0, start - time.time()))  # every process starts its load together
     for thread in threads:
         thread.start()

@@ -10,19 +10,24 @@ against a filter that adopts a cookie without its signature.
 
 from __future__ import annotations
 
+import http.server
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import generic_session as gs
 from stress.common import AppServer, Invariants
 from stress.fuzz import Fuzzer, Target
-from stress.loadgen import run_load
+from stress.loadgen import run_client, run_load
 from tests.conftest import redis_server_executable
-from tests.helpers import PROJECT_ROOT
+from tests.helpers import LOOPBACK, PROJECT_ROOT
 
 PARTS = {
     "load.py": ["waitress redis", "uvicorn  sqlite", "req/s"],
@@ -59,6 +64,56 @@ def test_load_catches_a_store_that_loses_writes(tmp_path: Path) -> None:
                         inv=inv)
     assert load.requests > 0
     assert {"acknowledged write not read back", "acknowledged write lost"} & set(inv.broken)
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """A 503 for every request, on a keep-alive connection."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _AcceptClock(http.server.ThreadingHTTPServer):
+    """Records when it accepted each connection."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__((LOOPBACK, 0), _Refusing)
+        self.accepted: list[float] = []
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        request = super().get_request()
+        self.accepted.append(time.time())
+        return request
+
+
+def test_load_connects_every_tab_before_its_start() -> None:
+    """Every tab has its connection before the load starts: 200 tabs connecting at the
+    start would time their first requests with the server's accept queue (waitress
+    accepts one connection per turn of its loop, seconds for the last under load:
+    stress/redis_faults.py's "a 503 was slow" was one of those)."""
+    server = _AcceptClock()
+    serving = threading.Thread(target=server.serve_forever)
+    serving.start()
+    try:
+        start = time.time() + 2.0
+        result = run_client(0, LOOPBACK, server.server_address[1], users=2, tabs=3,
+                            start=start, seconds=0.05)
+    finally:
+        server.shutdown()
+        serving.join()
+        server.server_close()
+    assert result.errors  # the load ran (every request a 503)
+    assert len(server.accepted) == 6
+    assert max(server.accepted) < start
 
 
 def test_fuzzer_catches_a_filter_that_adopts_unsigned_cookies() -> None:
