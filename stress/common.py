@@ -168,8 +168,7 @@ class Tab:
             self.close()  # as a browser does, rather than race the server's keep-alive timeout
         self.last_used = now
         if self.connection is None:
-            self.connection = http.client.HTTPConnection(self.host, self.port,
-                                                         timeout=self.timeout)
+            self.connection = self._new_connection()
         headers = {"Cookie": self.browser.cookie_header()}
         try:
             self.connection.request("GET", path, headers=headers)
@@ -189,13 +188,15 @@ class Tab:
         """Open the tab's connection now, ahead of its first request (a refusal leaves it
         to that request, which then raises)."""
         self.close()
-        self.connection = http.client.HTTPConnection(self.host, self.port,
-                                                     timeout=self.timeout)
+        self.connection = self._new_connection()
         try:
             self.connection.connect()
         except OSError:
             self.close()
         self.last_used = time.monotonic()
+
+    def _new_connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     def close(self) -> None:
         if self.connection is not None:
