@@ -533,7 +533,12 @@ class Cookies:
         self, request: Any, response: Any, keys: Keygrip | Sequence[str | bytes] | None = None
     ) -> None:
         # The environ is read when first needed: middleware may still change it.
-        self._setup(_environ_of(request), None, False, _header_sink(response), keys)
+        self._request: Mapping[str, Any] | None = _environ_of(request)  # None: from_header
+        self._header: str | None = None
+        self._https = False
+        self._emit = _header_sink(response)
+        self._keys = keys if keys is None or isinstance(keys, Keygrip) else Keygrip(keys)
+        self._jar: dict[str, str] | None = None
 
     @classmethod
     def from_header(cls, header: str, send: CookieSink,
@@ -541,18 +546,13 @@ class Cookies:
                     https: bool = False) -> Cookies:
         """Cookies for any kind of server: the request's ``Cookie`` header as text, and
         ``send(cookie_name, header)`` called with each ``Set-Cookie`` value to add."""
+        # The attributes set here, not by a method __init__ shares: a frame less, ~750
+        # instructions a request (bench/instructions.py).
         cookies = cls.__new__(cls)
-        cookies._setup(None, header, https, send, keys)
+        cookies._request, cookies._header, cookies._https = None, header, https
+        cookies._emit, cookies._jar = send, None
+        cookies._keys = keys if keys is None or isinstance(keys, Keygrip) else Keygrip(keys)
         return cookies
-
-    def _setup(self, request: Mapping[str, Any] | None, header: str | None, https: bool,
-               send: CookieSink, keys: Keygrip | Sequence[str | bytes] | None) -> None:
-        self._request = request  # a WSGI environ; None when made from a header
-        self._header = header
-        self._https = https
-        self._emit = send
-        self._keys = keys if keys is None or isinstance(keys, Keygrip) else Keygrip(keys)
-        self._jar: dict[str, str] | None = None
 
     @property
     def keys(self) -> Keygrip | None:
@@ -616,8 +616,10 @@ class Cookies:
         value that does not match it whole gives -1 before any HMAC is computed: a
         forged 250 kB cookie must not cost an HMAC per key.
         """
-        keys = self._keygrip(name)
-        jar = self._cookies()
+        # _keygrip and _cookies called only when needed (no keys: it raises; no jar yet):
+        # ~400 instructions a request (bench/instructions.py).
+        keys = self._keys or self._keygrip(name)
+        jar = self._jar or self._cookies()
         value, signature = jar.get(name), jar.get(name + ".sig")
         if value is None or signature is None or (shape is not None
                                                   and not shape.fullmatch(value)):
@@ -1064,7 +1066,9 @@ class _SessionCore:
         self.options = options
         self._cookies = cookies
         self._https = https
-        self._lifecycle = options.strict and _has_lifecycle(store)
+        # _has_lifecycle's cache read here: ~600 instructions a request (bench/instructions.py).
+        known = _LIFECYCLE_TYPES.get(type(store))
+        self._lifecycle = options.strict and (_has_lifecycle(store) if known is None else known)
         self._state = _UNSTARTED
         self._token: str | None = None
         self._id = ""
@@ -1145,8 +1149,11 @@ class _SessionCore:
 
     def _send_cookie(self, token: str, signature: str | None = None) -> None:
         options = self.options
+        secure = options.secure  # _secure()'s lines: a frame less, ~300 instructions
+        if secure is None:
+            secure = self._https()
         self._cookies.send_prepared(
-            options.cookie_name, token, options.attributes(self._secure(), self._deadline),
+            options.cookie_name, token, options.attributes(secure, self._deadline),
             signed=options.keygrip is not None, signature=signature)
 
     def _clear_cookie(self) -> None:
@@ -1460,6 +1467,7 @@ class GenericSession(_SessionCore):
             cookies = Cookies(request, response, options.keygrip)
         https = _environ_of(request).get("wsgi.url_scheme") == "https"
         self._bind(store, options, cookies, lambda: https)
+        self._lock = _RLock()
         self._drive(self._confirm())
 
     @classmethod
@@ -1476,13 +1484,11 @@ class GenericSession(_SessionCore):
         """
         session = cls.__new__(cls)
         session._bind(store, options, cookies, https)
-        return session
-
-    def _bind(self, store: Any, options: SessionOptions, cookies: Cookies,
-              https: Callable[[], bool]) -> None:
-        _SessionCore._bind(self, store, options, cookies, https)  # not super(): ~900 instructions
         # Two threads of one request may touch a new session at once: one token only.
-        self._lock = _RLock()
+        # Set here and in __init__, not by a _bind of this class's own: a frame less,
+        # ~200 instructions a request (~480 for the ASGI session; bench/instructions.py).
+        session._lock = _RLock()
+        return session
 
     def _drive(self, plan: _Plan) -> Any:
         """Run ``plan``, making each store call it asks for; one plan at a time."""
@@ -1703,7 +1709,7 @@ class _DeferredStart:
         self._write: Callable[[bytes], object] | None = None
         # The session's Set-Cookie headers by cookie name: a cookie sent twice (a
         # destroy after a start, say) goes out once, as it was last set.
-        self.cookies: dict[str, str] = {}
+        self.cookies: dict[str, tuple[str, str]] = {}
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.exc_info: Any = None
@@ -1725,7 +1731,7 @@ class _DeferredStart:
             raise SessionError(
                 f"cookie {name!r} cannot be sent: the response headers are already out; "
                 "use the session before the app returns its body (or yields its first chunk)")
-        self.cookies[name] = header
+        self.cookies[name] = ("Set-Cookie", header)
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: Any = None) -> Callable[[bytes], object]:
@@ -1770,7 +1776,6 @@ class _Spelling(Generic[AnyStr]):
     cache_control: AnyStr
     vary_cookie: tuple[AnyStr, AnyStr]  # the header to add
     private: tuple[AnyStr, AnyStr]
-    set_cookie: AnyStr
     comma: AnyStr
     cookie: AnyStr
     and_cookie: AnyStr  # added to a Vary that does not cover Cookie
@@ -1778,8 +1783,8 @@ class _Spelling(Generic[AnyStr]):
 
 
 _WSGI_SPELLING = _Spelling("vary", "cache-control", ("Vary", "Cookie"),
-                           ("Cache-Control", "private"), "Set-Cookie", ",", "Cookie",
-                           ", Cookie", frozenset({"cookie", "*"}))
+                           ("Cache-Control", "private"), ",", "Cookie", ", Cookie",
+                           frozenset({"cookie", "*"}))
 
 
 def _vary_on_cookie(headers: list[tuple[AnyStr, AnyStr]],
@@ -1803,9 +1808,10 @@ def _vary_on_cookie(headers: list[tuple[AnyStr, AnyStr]],
     return headers
 
 
-def _with_cookies(headers: list[tuple[AnyStr, AnyStr]], cookies: Iterable[AnyStr],
+def _with_cookies(headers: list[tuple[AnyStr, AnyStr]],
+                  cookies: Iterable[tuple[AnyStr, AnyStr]],
                   spelling: _Spelling[AnyStr]) -> list[tuple[AnyStr, AnyStr]]:
-    """A copy of ``headers`` with the ``Set-Cookie`` values ``cookies``, varying on
+    """A copy of ``headers`` with the ``Set-Cookie`` headers ``cookies``, varying on
     ``Cookie`` (see :func:`_vary_on_cookie`) and, unless the app chose its own
     ``Cache-Control``, private: ``Vary`` does not protect a first visit (every new
     visitor sends the same, no cookie), so a shared cache must not store a Set-Cookie.
@@ -1827,9 +1833,7 @@ def _with_cookies(headers: list[tuple[AnyStr, AnyStr]], cookies: Iterable[AnyStr
         headers.append(spelling.vary_cookie)
     if not cache_control:
         headers.append(spelling.private)
-    set_cookie = spelling.set_cookie
-    for value in cookies:
-        headers.append((set_cookie, value))
+    headers.extend(cookies)
     return headers
 
 
@@ -2123,6 +2127,9 @@ class AsyncGenericSession(_SessionCore):
     """
 
     __slots__ = ("_awaits", "_running", "_waiting")
+    _awaits: bool  # whether the store's operations are awaited
+    _running: bool  # whether a task of the request is running a plan
+    _waiting: list[Any]  # the futures of the tasks waiting for their turn
 
     @classmethod
     def lazy(cls, store: AsyncStore | MemoryStore, options: SessionOptions, cookies: Cookies,
@@ -2130,18 +2137,14 @@ class AsyncGenericSession(_SessionCore):
         """A session that starts when first used, as :meth:`GenericSession.lazy`'s."""
         session = cls.__new__(cls)
         session._bind(store, options, cookies, https)
-        return session
-
-    def _bind(self, store: Any, options: SessionOptions, cookies: Cookies,
-              https: Callable[[], bool]) -> None:
-        _SessionCore._bind(self, store, options, cookies, https)  # not super(): ~900 instructions
         awaits = _AWAITS.get(type(store))
-        self._awaits = _check_async_store(store) if awaits is None else awaits
+        session._awaits = _check_async_store(store) if awaits is None else awaits
         # Two tasks of one request may touch a new session at once: one plan at a time,
         # so one token only.  A flag and, only when a second task comes, a queue of
         # futures: an asyncio.Lock made for every request cost ~0.95 us (bench/asgi.py).
-        self._running = False
-        self._waiting: list[Any] = []
+        session._running = False
+        session._waiting = []
+        return session
 
     async def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         result = getattr(self.store, name)(*args, **kwargs)
@@ -2304,7 +2307,7 @@ class _ASGIResponse:
         # Kept until the response starts, as the WSGI side keeps the environ.
         self._scope: _Scope | None = scope
         self.session: AsyncGenericSession | None = None
-        self.cookies: dict[str, str] = {}
+        self.cookies: dict[str, tuple[bytes, bytes]] = {}
         self.start: _Message | None = None
         self.started = False
 
@@ -2319,7 +2322,9 @@ class _ASGIResponse:
             raise SessionError(
                 f"cookie {name!r} cannot be sent: the response has started; use the session "
                 "before the app sends its first body chunk")
-        self.cookies[name] = header
+        # The header as the server takes it, made here: encoding the values when the
+        # response starts cost ~1,900 instructions a request more (bench/instructions.py).
+        self.cookies[name] = (b"set-cookie", header.encode("latin-1"))
 
     async def send(self, message: _Message) -> None:
         kind = message["type"]
@@ -2343,8 +2348,7 @@ class _ASGIResponse:
         headers = start.get("headers", ())
         cookies = self.cookies
         if cookies:
-            headers = _with_cookies(
-                headers, [value.encode("latin-1") for value in cookies.values()], _ASGI_SPELLING)
+            headers = _with_cookies(headers, cookies.values(), _ASGI_SPELLING)
         elif session is not None and session.started:
             headers = _vary_on_cookie(headers, _ASGI_SPELLING)
         else:
@@ -2357,8 +2361,8 @@ _BODY_MESSAGES = frozenset({"http.response.body", "http.response.pathsend"})
 
 
 _ASGI_SPELLING = _Spelling(b"vary", b"cache-control", (b"vary", b"Cookie"),
-                           (b"cache-control", b"private"), b"set-cookie", b",", b"Cookie",
-                           b", Cookie", frozenset({b"cookie", b"*"}))
+                           (b"cache-control", b"private"), b",", b"Cookie", b", Cookie",
+                           frozenset({b"cookie", b"*"}))
 
 
 def _websocket_sink(token: str | None, cookie_name: str) -> CookieSink:

@@ -603,6 +603,37 @@ def test_a_request_is_an_environ_or_an_object_with_one(wrap: Callable[[Any], Any
     assert cookies.is_https is True
 
 
+@pytest.mark.parametrize("keys", [["k1"], Keygrip(["k1"])], ids=["list", "keygrip"])
+@pytest.mark.parametrize("https", [True, False])
+def test_from_header_reads_a_header_and_sends_to_a_function(keys: Any, https: bool) -> None:
+    signature = Keygrip(["k1"]).sign("s=token")
+    sent: list[tuple[str, str]] = []
+
+    cookies = Cookies.from_header(f"s=token; s.sig={signature}; a=1",
+                                  lambda name, header: sent.append((name, header)), keys,
+                                  https=https)
+
+    assert isinstance(cookies.keys, Keygrip)
+    assert cookies.is_https is https
+    assert cookies.get("s") == "token"
+    assert cookies.read_signed("s") == ("token", signature, 0)
+    assert cookies.get("a", signed=False) == "1"
+    assert sent == []
+    cookies.set("b", "2")
+    assert [name for name, _ in sent] == ["b", "b.sig"]
+    assert sent[1][1].startswith(f"b.sig={Keygrip(['k1']).sign('b=2')};")
+
+
+def test_from_header_without_keys_reads_unsigned_and_refuses_signed_reads() -> None:
+    cookies = Cookies.from_header("s=token", lambda name, header: None)
+
+    assert cookies.keys is None
+    assert cookies.get("s") == "token"
+    with pytest.raises(ValueError, match=r"cookie 's' cannot be signed or verified: Cookies "
+                                         r"was made without keys"):
+        cookies.read_signed("s")
+
+
 @pytest.mark.parametrize(
     "request_",
     [None, "s=1", [("Cookie", "s=1")], object(), type("NotEnviron", (), {"environ": "s=1"})()],
