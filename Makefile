@@ -158,9 +158,9 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy --strict generic_session.py server.py client.py
 
-# Every benchmark in turn (about six minutes), each one's output also kept in
+# Every benchmark in turn (about eight minutes), each one's output also kept in
 # bench/results/; then every figure that has a target, with its verdict, once more.
-BENCHES := overhead instructions asgi stores redis_ops servers
+BENCHES := overhead instructions parts asgi stores redis_ops servers
 bench: venv
 	@mkdir -p bench/results
 	@for name in $(BENCHES); do \

@@ -616,8 +616,8 @@ class Cookies:
         value that does not match it whole gives -1 before any HMAC is computed: a
         forged 250 kB cookie must not cost an HMAC per key.
         """
-        # _keygrip and _cookies called only when needed (no keys: it raises; no jar yet):
-        # ~400 instructions a request (bench/instructions.py).
+        # _keygrip and _cookies called only when needed (no keys: it raises; the jar not
+        # parsed yet, or empty): ~400 instructions a request (bench/instructions.py).
         keys = self._keys or self._keygrip(name)
         jar = self._jar or self._cookies()
         value, signature = jar.get(name), jar.get(name + ".sig")
@@ -1067,6 +1067,7 @@ class _SessionCore:
         self._cookies = cookies
         self._https = https
         # _has_lifecycle's cache read here: ~600 instructions a request (bench/instructions.py).
+        # Wrapped stores (ThreadedStore) are not in the cache: they take the call.
         known = _LIFECYCLE_TYPES.get(type(store))
         self._lifecycle = options.strict and (_has_lifecycle(store) if known is None else known)
         self._state = _UNSTARTED
@@ -1149,7 +1150,9 @@ class _SessionCore:
 
     def _send_cookie(self, token: str, signature: str | None = None) -> None:
         options = self.options
-        secure = options.secure  # _secure()'s lines: a frame less, ~300 instructions
+        # _secure()'s lines (keep them in step): a frame less, ~300 instructions a
+        # request (bench/instructions.py).
+        secure = options.secure
         if secure is None:
             secure = self._https()
         self._cookies.send_prepared(
@@ -1432,6 +1435,7 @@ class GenericSession(_SessionCore):
     """
 
     __slots__ = ("_lock",)
+    _lock: _thread.RLock  # set by __init__ and by lazy(), before any operation
 
     def __init__(
         self,

@@ -189,3 +189,32 @@ def test_a_file_sent_by_path_goes_after_the_start_with_the_cookie() -> None:
                                                       "http.response.pathsend"]
     names = [name for name, _ in sent[0]["headers"]]
     assert names.count(b"set-cookie") == 2
+
+
+def test_a_cookie_header_that_is_not_latin_1_fails_where_it_is_sent_not_at_the_start() -> None:
+    """ASGI headers are bytes: a Set-Cookie that latin-1 cannot encode (only
+    ``Cookies.send_prepared``, which checks nothing, can make one) raises at that call,
+    where the app can see it, and the response still goes out with the session's cookie."""
+    errors: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        session = scope["session"]
+        await session.set("k", 1)
+        try:
+            session.cookies.send_prepared("x", "v", "; path=/\u20ac", signed=False)
+        except UnicodeEncodeError as error:
+            errors.append(error.encoding)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def run() -> httpx.Response:
+        wrapped = gs.ASGIMiddleware(app, gs.MemoryStore(), keys=KEYS)
+        transport = httpx.ASGITransport(app=wrapped)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/")
+
+    response = asyncio.run(run())
+
+    assert errors == ["latin-1"]
+    assert response.status_code == 200
+    assert [c.split("=")[0] for c in response.headers.get_list("set-cookie")] == ["s", "s.sig"]

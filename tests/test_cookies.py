@@ -624,6 +624,20 @@ def test_from_header_reads_a_header_and_sends_to_a_function(keys: Any, https: bo
     assert sent[1][1].startswith(f"b.sig={Keygrip(['k1']).sign('b=2')};")
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("", (None, None, -1)), ("s=token", ("token", None, -1)),
+     ("s=token; s.sig=forged", ("token", "forged", -1))],
+    ids=["empty", "unsigned", "forged"])
+def test_read_signed_as_the_first_read_parses_the_header(
+        header: str, expected: tuple[str | None, str | None, int]) -> None:
+    assert Cookies.from_header(header, lambda name, header: None, ["k1"]).read_signed("s") \
+        == expected
+    good = Keygrip(["k1"]).sign("s=token")
+    assert Cookies.from_header(f"s=token; s.sig={good}", lambda name, header: None,
+                               ["k0", "k1"]).read_signed("s") == ("token", good, 1)
+
+
 def test_from_header_without_keys_reads_unsigned_and_refuses_signed_reads() -> None:
     cookies = Cookies.from_header("s=token", lambda name, header: None)
 
