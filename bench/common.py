@@ -6,6 +6,8 @@ Every figure with a target is printed by :func:`target` as one line starting wit
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -54,6 +56,27 @@ def store_ops(name: str, store: Any) -> dict[str, Op]:
         return store.set(ids[i % SESSIONS], "data", VALUE, EXPIRE, live=True)
 
     return {f"{name} get": get, f"{name} set": set_}
+
+
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+def callgrind(script: str, *args: str) -> int:
+    """The instructions ``python script *args`` makes, as valgrind's callgrind counts them.
+
+    With one hash seed: dicts then grow alike in every run, and a count repeats to
+    within ~20 instructions (a random seed moves it by ~1,000).
+    """
+    result = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+         sys.executable, script, *args],
+        capture_output=True, text=True, check=False, cwd=ROOT,
+        env={**os.environ, "PYTHONHASHSEED": "0"})
+    match = _COLLECTED.search(result.stderr)
+    if result.returncode != 0 or match is None:
+        raise RuntimeError(f"callgrind run of {Path(script).name} {' '.join(args)} failed:\n"
+                           f"{result.stderr[-2000:]}")
+    return int(match.group(1))
 
 
 def target(label: str, value: float, limit: float, unit: str = "x", *,

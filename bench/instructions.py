@@ -26,10 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
 import shutil
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,13 +35,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import target  # noqa: E402
+from bench.common import callgrind, target  # noqa: E402
 
 SMALL = 200
 WSGI_APPS = ("bare", "floor", "generic_session")
 ASGI_APPS = ("bare", "floor", "generic_session")
 TARGET_RATIO = 1.2
-_COLLECTED = re.compile(r"Collected : (\d+)")
 
 
 def run_requests(kind: str, label: str, count: int) -> None:
@@ -81,17 +77,7 @@ def run_requests(kind: str, label: str, count: int) -> None:
 
 def instructions(kind: str, label: str, count: int) -> int:
     """The instructions one run of the child makes, as callgrind counts them."""
-    result = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-         sys.executable, __file__, "--child", kind, label, str(count)],
-        capture_output=True, text=True, check=False, cwd=ROOT,
-        # One hash seed: dicts then grow alike in every run, and a count repeats to
-        # within ~20 instructions (a random seed moves it by ~1,000).
-        env={**os.environ, "PYTHONHASHSEED": "0"})
-    match = _COLLECTED.search(result.stderr)
-    if result.returncode != 0 or match is None:
-        raise RuntimeError(f"callgrind run of {kind} {label} failed:\n{result.stderr[-2000:]}")
-    return int(match.group(1))
+    return callgrind(__file__, "--child", kind, label, str(count))
 
 
 def per_request(kind: str, label: str, count: int) -> float:

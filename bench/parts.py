@@ -9,10 +9,11 @@ live session, so the table of ``bench/README.md`` (section 1) can be made again.
 It also counts what a single per-request object, at once the held response, the
 cookie jar and the session, would still cost: a class of 20 slots and its lock.
 
-How: each part runs in a child process under callgrind, ``SMALL`` and then
-``SMALL + COUNT`` times, as a call of one closure; the difference of the two
-totals over ``COUNT`` is one run's cost, and a part that does nothing, counted
-the same way, is taken off (the loop and the call).  The parts overlap the
+How: each part is a call of one closure.  A child process under callgrind makes
+all of them, runs each ``SMALL`` times to warm it up, then one part ``COUNT``
+times; the difference between its total and that of a child that runs none,
+over ``COUNT``, is one run's cost, and a part that does nothing, counted the
+same way, is taken off (the loop and the call).  The parts overlap the
 whole request a little (each is measured alone): the rows do not add up to
 ``bench/instructions.py``'s totals exactly, and the README says by how much.
 Without valgrind it says so and exits 0.
@@ -26,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,8 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import callgrind  # noqa: E402
+
 SMALL = 200
-_COLLECTED = re.compile(r"Collected : (\d+)")
 Step = Callable[[], object]
 
 
@@ -159,27 +158,23 @@ def _steps() -> dict[str, Step]:
 
 
 def run_child(name: str, count: int) -> None:
-    """In the child: make the part, then run it ``SMALL + count`` times."""
-    step = _steps()[name]
-    for _ in range(SMALL + count):
+    """In the child: make the parts, warm each one up, then run part ``name`` ``count`` times.
+
+    Every child makes and warms up every part, so the run with no counted runs is the
+    same for all of them: one baseline serves the whole table.
+    """
+    steps = _steps()
+    for step in steps.values():
+        for _ in range(SMALL):
+            step()
+    step = steps[name]
+    for _ in range(count):
         step()
 
 
-def instructions(name: str, count: int) -> int:
-    """The instructions one run of the child makes, as callgrind counts them."""
-    result = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-         sys.executable, __file__, "--child", name, str(count)],
-        capture_output=True, text=True, check=False, cwd=ROOT,
-        env={**os.environ, "PYTHONHASHSEED": "0"})  # as bench/instructions.py: repeatable
-    match = _COLLECTED.search(result.stderr)
-    if result.returncode != 0 or match is None:
-        raise RuntimeError(f"callgrind run of {name!r} failed:\n{result.stderr[-2000:]}")
-    return int(match.group(1))
-
-
-def per_run(name: str, count: int) -> float:
-    return (instructions(name, count) - instructions(name, 0)) / count
+def counted(name: str, count: int) -> int:
+    """The instructions of a child that runs part ``name`` ``count`` times."""
+    return callgrind(__file__, "--child", name, str(count))
 
 
 def main() -> int:
@@ -197,10 +192,12 @@ def main() -> int:
     count = args.count or (1_000 if args.quick else 2_000)
     names = list(_steps())
     with ThreadPoolExecutor(max_workers=2) as pool:  # two cores: two valgrinds at a time
-        counted = dict(zip(names, pool.map(lambda name: per_run(name, count), names),
-                           strict=True))
-    loop = counted.pop("nothing")
-    part = {name: value - loop for name, value in counted.items()}
+        base = pool.submit(counted, "nothing", 0)
+        totals = dict(zip(names, pool.map(lambda name: counted(name, count), names),
+                          strict=True))
+    per_run = {name: (total - base.result()) / count for name, total in totals.items()}
+    loop = per_run.pop("nothing")
+    part = {name: value - loop for name, value in per_run.items()}
     part["read"] = part["cookies made and read"] - part["cookies made"]
     rows = [
         ("per-request objects (the floor: one closure)", "objects", "floor objects"),
