@@ -395,6 +395,11 @@ class Keygrip:
         return self.index(data, digest) >= 0
 
 
+def _keygrip_of(keys: Keygrip | Sequence[str | bytes] | None) -> Keygrip | None:
+    """``keys`` as a :class:`Keygrip` (made and checked now when a list), or None."""
+    return keys if keys is None or isinstance(keys, Keygrip) else Keygrip(keys)
+
+
 # ============================================================================
 # 3. Cookies
 # ============================================================================
@@ -537,7 +542,7 @@ class Cookies:
         self._header: str | None = None
         self._https = False
         self._emit = _header_sink(response)
-        self._keys = keys if keys is None or isinstance(keys, Keygrip) else Keygrip(keys)
+        self._keys = _keygrip_of(keys)
         self._jar: dict[str, str] | None = None
 
     @classmethod
@@ -546,8 +551,8 @@ class Cookies:
                     https: bool = False) -> Cookies:
         """Cookies for any kind of server: the request's ``Cookie`` header as text, and
         ``send(cookie_name, header)`` called with each ``Set-Cookie`` value to add."""
-        # The attributes set here, not by a method __init__ shares: a frame less, ~750
-        # instructions a request (bench/instructions.py).
+        # The attributes set here, keys included, not by a method __init__ shares nor by
+        # _keygrip_of: ~750 and ~350 instructions a request (bench/instructions.py).
         cookies = cls.__new__(cls)
         cookies._request, cookies._header, cookies._https = None, header, https
         cookies._emit, cookies._jar = send, None
@@ -908,7 +913,7 @@ class SessionOptions:
 
     def __post_init__(self) -> None:
         keys = self.keys
-        keygrip = keys if keys is None or isinstance(keys, Keygrip) else Keygrip(keys)
+        keygrip = _keygrip_of(keys)
         _check_expire(self.expire)
         _check_flag(self.strict, "strict")
         _check_flag(self.persistent, "persistent")
@@ -1150,13 +1155,8 @@ class _SessionCore:
 
     def _send_cookie(self, token: str, signature: str | None = None) -> None:
         options = self.options
-        # _secure()'s lines (keep them in step): a frame less, ~300 instructions a
-        # request (bench/instructions.py).
-        secure = options.secure
-        if secure is None:
-            secure = self._https()
         self._cookies.send_prepared(
-            options.cookie_name, token, options.attributes(secure, self._deadline),
+            options.cookie_name, token, options.attributes(self._secure(), self._deadline),
             signed=options.keygrip is not None, signature=signature)
 
     def _clear_cookie(self) -> None:

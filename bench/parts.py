@@ -120,7 +120,7 @@ def _steps() -> dict[str, Step]:
     def store_get_set() -> None:
         store.set(sid, "n", store.get(sid, "n", expire, live=True) + 1, expire, live=True)
 
-    def floor_get_set() -> None:
+    def floor_get_set() -> None:  # overhead.floor_handler's work on its session dict
         data = floor_store[token]
         text = data.get("n")
         data["n"] = json.dumps((json.loads(text) if text is not None else 0) + 1)
@@ -129,7 +129,7 @@ def _steps() -> dict[str, Step]:
         session._send_cookie(token, signature)
         gs._with_cookies(list(app_headers), response.cookies.values(), gs._WSGI_SPELLING)
 
-    def floor_send_and_headers() -> None:
+    def floor_send_and_headers() -> None:  # the lines of overhead.floor_middleware's start
         attributes = overhead._floor_cookie_attributes()
         headers = list(app_headers)
         headers.append(("Set-Cookie", f"s={token}{attributes}"))
