@@ -912,8 +912,7 @@ class SessionOptions:
     _attributes: list[tuple[int | None, bool, str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        keys = self.keys
-        keygrip = _keygrip_of(keys)
+        keygrip = _keygrip_of(self.keys)
         _check_expire(self.expire)
         _check_flag(self.strict, "strict")
         _check_flag(self.persistent, "persistent")
